@@ -223,7 +223,7 @@ class LFM2(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
         self.embedding_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         hd = cfg.head_dim
-        self._inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        self._inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device="cpu") / hd))
 
     def rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         # The reference casts the model (its inv_freq buffer included) to the model dtype, then

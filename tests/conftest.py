@@ -1,8 +1,27 @@
+from pathlib import Path
+
 import pytest
 import torch
+
+ASSETS = Path(__file__).parent / "golden" / "assets"
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The embedded default's recipe: tiny, seed 0, both audio decoders."""
+    from models.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0, detokenizer="both")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    from models.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_dir, dtype=torch.float32)

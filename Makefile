@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench golden clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, where none is present: plain `torch` would pull a multi-GB CUDA build here.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lfm-audio generate --mode chat --text "Hello! How are you today?" --out out.wav
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/lfm-audio bench
+
+golden: $(STAMP)
+	tools/golden/regenerate.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""Batched model steps over backbone rows: prefill a row's new inputs, and one decode step for many rows.
+
+These are the only two ways the backbone state advances; a single-session chat (models/chat.py) and the
+serving engine (streaming/) are both built from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.generation import Modality
+from models.lfm2 import BackboneState
+from models.lfm2_audio import LFM2AudioModel
+from models.sampling import SamplingParams, sample
+
+__all__ = ["RowSampling", "decode_step", "prefill"]
+
+
+@dataclass
+class RowSampling:
+    text: SamplingParams
+    audio: SamplingParams
+    generator: torch.Generator | None = None
+
+
+@torch.inference_mode()
+def prefill(model: LFM2AudioModel, state: BackboneState, row: int, position: int, x: Tensor) -> Tensor:
+    """Run x [T, hidden] on top of row's state (which holds `position` positions). Returns the
+    hidden state of the last position [hidden]."""
+    h = model.lfm(x[None].to(model.dtype), state, torch.tensor([position]), rows=torch.tensor([row]),
+                  kv_len=position + x.shape[0])
+    return h[0, -1]
+
+
+@torch.inference_mode()
+def decode_step(
+    model: LFM2AudioModel,
+    state: BackboneState,
+    x: Tensor,
+    positions: list[int],
+    rows: list[int] | None,
+    want: list[Modality],
+    sampling: list[RowSampling],
+    hidden: Tensor | None = None,
+) -> list[int | tuple[int, ...]]:
+    """One step for B rows. x [B, hidden]: each row's new input (its last fed-back item), or None with
+    `hidden` [B, hidden] given instead (the first step after a prefill already has its hidden state).
+    want[b]: what row b samples. Returns a text token (int) or an audio frame (tuple of codes) per row."""
+    if hidden is None:
+        row_index = None if rows is None else torch.tensor(rows)
+        h = model.lfm(x[:, None].to(model.dtype), state, torch.tensor(positions), rows=row_index,
+                      kv_len=max(positions) + 1)[:, 0]
+    else:
+        h = hidden
+    return sample_items(model, h, want, sampling)
+
+
+def sample_items(
+    model: LFM2AudioModel, h: Tensor, want: list[Modality], sampling: list[RowSampling]
+) -> list[int | tuple[int, ...]]:
+    """Sample the next item of each row from its backbone output h [B, hidden]."""
+    out: list[int | tuple[int, ...]] = [0] * len(want)
+    text_rows = [b for b, m in enumerate(want) if m == Modality.TEXT]
+    audio_rows = [b for b, m in enumerate(want) if m == Modality.AUDIO_OUT]
+    if text_rows:
+        params = [sampling[b].text for b in text_rows]
+        gens = [sampling[b].generator for b in text_rows]
+        tokens = _sample(model.text_logits(h[text_rows]), params, gens)
+        for b, t in zip(text_rows, tokens.tolist(), strict=True):
+            out[b] = t
+    if audio_rows:
+        params = [sampling[b].audio for b in audio_rows]
+        gens = [sampling[b].generator for b in audio_rows]
+        frames = model.audio_frame(h[audio_rows], lambda i, logits: _sample(logits, params, gens))
+        for b, f in zip(audio_rows, frames.tolist(), strict=True):
+            out[b] = tuple(f)
+    return out
+
+
+def _sample(logits: Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]) -> Tensor:
+    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=logits.device)
+    top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=logits.device)
+    return sample(logits, temperature, top_k, gens)

@@ -1,0 +1,142 @@
+"""Audio output head: the depthformer (RQ-transformer depth decoder), lfm2-audio-model.md section 2.7.
+
+One audio frame = 8 sequential codebook steps over a 6-layer transformer whose KV cache lives for that
+frame only (positions 0..7). Everything here is batched over rows; sampling is a callback so that the
+caller owns per-row settings and generators.
+
+Numerics that differ from the backbone on purpose: RMSNorm multiplies by the weight in fp32 before the
+cast, and RoPE uses the interleaved-pair (complex) convention with an fp32 complex table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.config import EOA, DepthformerConfig
+from models.lfm2 import SwiGLU
+
+__all__ = ["CodebookEmbedding", "DepthRMSNorm", "Depthformer"]
+
+
+class DepthRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight).type_as(x)
+
+
+class CodebookEmbedding(nn.Module):
+    """An embedding table with its own output norm and logits projection (reference: SharedEmbedding)."""
+
+    def __init__(self, dim: int, vocab: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim)
+        self.embedding_norm = DepthRMSNorm(dim, eps)
+        self.to_logits = nn.Linear(dim, vocab, bias=False)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.to_logits(self.embedding_norm(x))
+
+
+def _complex_rope_table(head_dim: int, positions: int, theta: float) -> Tensor:
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))
+    angles = torch.outer(torch.arange(positions, dtype=torch.float32, device="cpu"), freqs)
+    return torch.polar(torch.ones_like(angles), angles)  # complex64 [positions, head_dim/2]
+
+
+def _apply_complex_rope(x: Tensor, rot: Tensor) -> Tensor:
+    """x [B, H, head_dim] at one position; rot [head_dim/2] complex."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+
+
+class _QKNorm(nn.Module):
+    # Only holds the per-head norms, under the reference's `bounded_attention` name.
+    def __init__(self, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.q_layernorm = DepthRMSNorm(head_dim, eps)
+        self.k_layernorm = DepthRMSNorm(head_dim, eps)
+
+
+class DepthAttention(nn.Module):
+    def __init__(self, cfg: DepthformerConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.dim, cfg.dim + 2 * self.n_kv * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.bounded_attention = _QKNorm(self.head_dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, step: int, rot: Tensor) -> Tensor:
+        """x [B, dim] at position `step`; keys/values [B, kv_heads, 8, head_dim] filled up to `step`."""
+        B = x.shape[0]
+        kv = self.n_kv * self.head_dim
+        q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+        q = self.bounded_attention.q_layernorm(q.view(B, self.n_heads, self.head_dim))
+        k = self.bounded_attention.k_layernorm(k.view(B, self.n_kv, self.head_dim))
+        q, k = _apply_complex_rope(q, rot), _apply_complex_rope(k, rot)
+        keys[:, :, step] = k
+        values[:, :, step] = v.view(B, self.n_kv, self.head_dim)
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], keys[:, :, : step + 1], values[:, :, : step + 1], enable_gqa=True
+        )
+        return self.out_proj(out.reshape(B, -1))
+
+
+class DepthBlock(nn.Module):
+    def __init__(self, cfg: DepthformerConfig) -> None:
+        super().__init__()
+        self.operator = DepthAttention(cfg)
+        self.operator_norm = DepthRMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = DepthRMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = SwiGLU(cfg.dim, cfg.ff_dim)
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, step: int, rot: Tensor) -> Tensor:
+        h = self.operator(self.operator_norm(x), keys, values, step, rot) + x
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Depthformer(nn.Module):
+    """The 6-layer depth transformer (`depthformer.layers.*`); `frame` runs one audio frame."""
+
+    def __init__(self, cfg: DepthformerConfig, codebooks: int = 8) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.codebooks = codebooks
+        self.layers = nn.ModuleList(DepthBlock(cfg) for _ in range(cfg.layers))
+        self._rope = _complex_rope_table(cfg.head_dim, codebooks, cfg.rope_theta)
+
+    def frame(
+        self,
+        z: Tensor,
+        embeddings: nn.ModuleList,
+        pick: Callable[[int, Tensor], Tensor],
+    ) -> Tensor:
+        """z [B, codebooks, dim] (depth_linear output); embeddings: the per-codebook CodebookEmbedding;
+        pick(i, logits [B, 2049]) -> tokens [B]. Returns codes [B, codebooks]; a frame whose codebook 0
+        is end-of-audio becomes all end-of-audio."""
+        B, C, D = z.shape
+        cfg = self.cfg
+        cache_shape = (B, cfg.num_kv_heads, C, cfg.head_dim)
+        keys = [z.new_empty(cache_shape) for _ in self.layers]
+        values = [z.new_empty(cache_shape) for _ in self.layers]
+        rope = self._rope.to(z.device)
+        prev = torch.zeros_like(z[:, 0])
+        codes = []
+        for i in range(C):
+            x = z[:, i] + prev
+            for layer, k, v in zip(self.layers, keys, values, strict=True):
+                x = layer(x, k, v, i, rope[i])
+            token = pick(i, embeddings[i].logits(x))
+            codes.append(token)
+            prev = embeddings[i].embedding(token)
+        out = torch.stack(codes, dim=1)
+        return torch.where(out[:, :1] == EOA, torch.full_like(out, EOA), out)

@@ -1,0 +1,92 @@
+"""Our model against the reference implementation's recorded outputs on the same tiny checkpoint
+(tools/golden/make_model.py): mel, encoder, logits, and greedy token/code sequences, identical."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.chat import ASR_PROMPT, CHAT_PROMPT, Chat
+from models.checkpoint import tensors_digest
+from models.lfm2 import BackboneState
+from models.mel import log_mel
+from tests.conftest import ASSETS
+
+pytestmark = pytest.mark.golden
+
+
+@pytest.fixture(scope="module")
+def golden(tiny_dir):
+    meta = json.loads((ASSETS / "model_tiny.json").read_text())
+    assert meta["checkpoint"]["sha256_of_tensors"] == tensors_digest(tiny_dir / "model.safetensors"), (
+        "the tiny checkpoint changed since the golden file was recorded: run tools/golden/regenerate.sh")
+    return meta, load_file(ASSETS / "model_tiny.safetensors")
+
+
+def _chat(tiny, capacity=512) -> Chat:
+    state = BackboneState.allocate(tiny.config.lfm, 2, capacity)
+    return Chat(tiny.model, tiny.tokenizer, state, row=1)
+
+
+def _flat(items):
+    kinds = torch.tensor([1 if isinstance(i, int) else 3 for i in items])
+    values = torch.tensor([[i] + [0] * 7 if isinstance(i, int) else list(i) for i in items]).reshape(-1, 8)
+    return kinds, values
+
+
+def _assert_sequence(items, golden, name):
+    kinds, values = _flat(items)
+    assert kinds.tolist() == golden[f"{name}_kinds"].tolist()
+    assert torch.equal(values, golden[f"{name}_values"]), f"{name}: first difference at item " + str(
+        int((values != golden[f"{name}_values"]).any(1).nonzero()[0]))
+
+
+def test_mel_and_encoder_match_reference(tiny, golden):
+    _, g = golden
+    mel = log_mel(g["wave"], tiny.config.preprocessor)
+    torch.testing.assert_close(mel, g["mel"], rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        emb = tiny.model.encode_audio([g["mel"]])[0]
+    torch.testing.assert_close(emb, g["audio_embeddings"], rtol=1e-4, atol=1e-4)
+
+
+def test_prefill_logits_match_reference(tiny, golden):
+    _, g = golden
+    chat = _chat(tiny)
+    chat.turn("system", text=CHAT_PROMPT)
+    chat.turn("user", audio=g["wave"])
+    chat.add_text("<|im_start|>assistant\n")
+    ids = [i for s in chat.history if s.kind == 1 for i in s.data]
+    assert ids == g["prompt_text_ids"].tolist()
+    x = torch.cat([chat._embed(s) for s in chat.history])
+    with torch.inference_mode():
+        h = tiny.model.lfm(x[None], chat.state, torch.tensor([0]), rows=torch.tensor([1]))[0]
+        logits = tiny.model.text_logits(h[-4:])
+    torch.testing.assert_close(logits, g["prompt_logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_two_turn_chat_with_kept_state_matches_reference_reprefill(tiny, golden):
+    meta, g = golden
+    chat = _chat(tiny)
+    chat.turn("system", text=CHAT_PROMPT)
+    chat.turn("user", audio=g["wave"])
+    turn1 = list(chat.respond(interleaved=True, max_new_tokens=meta["turn_tokens"]))
+    _assert_sequence(turn1, g, "chat_turn1")
+    prefilled_before = chat.position
+    chat.turn("user", audio=g["wave2"], text="And now?")
+    turn2 = list(chat.respond(interleaved=True, max_new_tokens=meta["turn_tokens"]))
+    _assert_sequence(turn2, g, "chat_turn2")
+    assert chat.position > prefilled_before  # turn 2 was prefilled on top of turn 1's state
+
+
+def test_asr_and_tts_sequences_match_reference(tiny, golden):
+    meta, g = golden
+    asr = _chat(tiny)
+    asr.turn("system", text=ASR_PROMPT)
+    asr.turn("user", audio=g["wave"])
+    _assert_sequence(list(asr.respond(interleaved=False, max_new_tokens=meta["asr_tokens"])), g, "asr")
+    tts = _chat(tiny)
+    tts.turn("system", text="Perform TTS. Use the UK female voice.")
+    tts.turn("user", text="Hello there, how are you?")
+    _assert_sequence(list(tts.respond(interleaved=False, max_new_tokens=meta["tts_tokens"])), g, "tts")
