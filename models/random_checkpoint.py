@@ -21,7 +21,7 @@ from models import mimi
 from models.config import AUDIO_VOCAB, AudioModelConfig
 from models.tokenizer import build_byte_tokenizer, write_tokenizer_files
 
-__all__ = ["RANDOM_MARKER", "embedded_default", "full_config", "random_model_tensors", "tiny_config", "write_random_checkpoint"]
+__all__ = ["RANDOM_MARKER", "disk_dtype", "embedded_default", "full_config", "random_model_tensors", "tiny_config", "write_random_checkpoint"]
 
 RANDOM_MARKER = "lfm_audio_random.json"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -102,10 +102,18 @@ def _init_value(name: str, shape: tuple[int, ...], gen: torch.Generator) -> Tens
     return torch.randn(shape, generator=gen) / fan_in**0.5
 
 
+def disk_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor has in the official model.safetensors: bf16, except the int64 buffers and
+    the conformer's relative-position biases, which are stored in fp32 (shared/spec)."""
+    if not dtype.is_floating_point:
+        return dtype
+    return torch.float32 if name.endswith(("pos_bias_u", "pos_bias_v")) else torch.bfloat16
+
+
 def random_model_tensors(
     cfg: AudioModelConfig, seed: int, progress: Callable[[int], None] | None = None
 ) -> dict[str, Tensor]:
-    """model.safetensors contents: official names, bf16 (int64 buffers stay int64)."""
+    """model.safetensors contents: official names and dtypes (see `disk_dtype`)."""
     from models.lfm2_audio import LFM2AudioModel
 
     with torch.device("meta"):
@@ -120,7 +128,7 @@ def random_model_tensors(
             value = (torch.linspace(1, 0, cfg.codebooks) * torch.log(torch.tensor(cfg.semantic_codebook_factor))).exp()
         else:
             value = _init_value(name, shape, gen)
-        out[name] = value if value.dtype == torch.long else value.to(torch.bfloat16)
+        out[name] = value.to(disk_dtype(name, value.dtype))
         if progress is not None:
             progress(value.numel())
     if cfg.depthformer.tie:  # the reference shares these parameters; keep the stored copies identical

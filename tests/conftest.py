@@ -4,6 +4,7 @@ import pytest
 import torch
 
 ASSETS = Path(__file__).parent / "golden" / "assets"
+SPEC_DIR = Path(__file__).parent / "golden" / "spec"  # a copy of shared/spec: the official tensor layouts
 
 
 @pytest.fixture(autouse=True)
