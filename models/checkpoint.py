@@ -27,7 +27,9 @@ from models.lfm2_audio import LFM2AudioModel
 from models.random_checkpoint import MIMI_FILE, RANDOM_MARKER
 from models.tokenizer import TextTokenizer
 
-__all__ = ["Checkpoint", "CheckpointError", "default_dtype", "load_checkpoint", "load_strict", "resolve", "tensors_digest"]
+__all__ = [
+    "Checkpoint", "CheckpointError", "default_dtype", "load_checkpoint", "load_strict", "resolve", "tensors_digest",
+]
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,8 @@ class PreprocessorConfig:
     def from_dict(cls, data: dict[str, Any]) -> PreprocessorConfig:
         cfg = cls(**_strict_fields(cls, data, "preprocessor"))
         if (cfg.normalize, cfg.window, cfg.log, cfg.frame_splicing, cfg.pad_to) != ("per_feature", "hann", True, 1, 0):
-            raise ConfigError(f"preprocessor: only the NeMo per_feature/hann/log recipe without padding is supported: {cfg}")
+            raise ConfigError(f"preprocessor: only the NeMo per_feature/hann/log recipe without padding is supported, "
+                              f"got {cfg}")
         return cfg
 
 

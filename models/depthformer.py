@@ -29,9 +29,7 @@ class DepthRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight).type_as(x)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
 
 
 class CodebookEmbedding(nn.Module):
@@ -47,16 +45,19 @@ class CodebookEmbedding(nn.Module):
         return self.to_logits(self.embedding_norm(x))
 
 
-def _complex_rope_table(head_dim: int, positions: int, theta: float) -> Tensor:
+def _rope_rotations(head_dim: int, positions: int, theta: float) -> Tensor:
+    """Interleaved-pair RoPE as one rotation matrix per position: [positions, head_dim, head_dim] fp32.
+    `x @ R[p]` equals rotating each pair (x[2j], x[2j+1]) as the complex number x[2j] + i x[2j+1] by
+    the reference's complex64 table e^{i p f_j}, in one op instead of a complex view round trip."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))
     angles = torch.outer(torch.arange(positions, dtype=torch.float32, device="cpu"), freqs)
-    return torch.polar(torch.ones_like(angles), angles)  # complex64 [positions, head_dim/2]
-
-
-def _apply_complex_rope(x: Tensor, rot: Tensor) -> Tensor:
-    """x [B, H, head_dim] at one position; rot [head_dim/2] complex."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+    rot = torch.polar(torch.ones_like(angles), angles)  # the reference's complex64 table
+    cos, sin = rot.real, rot.imag
+    R = torch.zeros(positions, head_dim, head_dim, device="cpu")
+    j = torch.arange(0, head_dim, 2, device="cpu")
+    R[:, j, j], R[:, j + 1, j] = cos, -sin  # real part: a cos - b sin
+    R[:, j, j + 1], R[:, j + 1, j + 1] = sin, cos  # imaginary part: a sin + b cos
+    return R
 
 
 class _QKNorm(nn.Module):
@@ -76,13 +77,14 @@ class DepthAttention(nn.Module):
         self.bounded_attention = _QKNorm(self.head_dim, cfg.norm_eps)
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, step: int, rot: Tensor) -> Tensor:
-        """x [B, dim] at position `step`; keys/values [B, kv_heads, 8, head_dim] filled up to `step`."""
+        """x [B, dim] at position `step`; keys/values [B, kv_heads, 8, head_dim] filled up to `step`;
+        rot: the RoPE rotation of position `step`."""
         B = x.shape[0]
         kv = self.n_kv * self.head_dim
         q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
         q = self.bounded_attention.q_layernorm(q.view(B, self.n_heads, self.head_dim))
         k = self.bounded_attention.k_layernorm(k.view(B, self.n_kv, self.head_dim))
-        q, k = _apply_complex_rope(q, rot), _apply_complex_rope(k, rot)
+        q, k = (q.float() @ rot).type_as(q), (k.float() @ rot).type_as(k)
         keys[:, :, step] = k
         values[:, :, step] = v.view(B, self.n_kv, self.head_dim)
         out = F.scaled_dot_product_attention(
@@ -112,7 +114,7 @@ class Depthformer(nn.Module):
         self.cfg = cfg
         self.codebooks = codebooks
         self.layers = nn.ModuleList(DepthBlock(cfg) for _ in range(cfg.layers))
-        self._rope = _complex_rope_table(cfg.head_dim, codebooks, cfg.rope_theta)
+        self._rope = _rope_rotations(cfg.head_dim, codebooks, cfg.rope_theta)
 
     def frame(
         self,
@@ -123,7 +125,7 @@ class Depthformer(nn.Module):
         """z [B, codebooks, dim] (depth_linear output); embeddings: the per-codebook CodebookEmbedding;
         pick(i, logits [B, 2049]) -> tokens [B]. Returns codes [B, codebooks]; a frame whose codebook 0
         is end-of-audio becomes all end-of-audio."""
-        B, C, D = z.shape
+        B, C, _ = z.shape
         cfg = self.cfg
         cache_shape = (B, cfg.num_kv_heads, C, cfg.head_dim)
         keys = [z.new_empty(cache_shape) for _ in self.layers]

@@ -38,9 +38,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -247,7 +245,7 @@ class LFM2(nn.Module):
         row's state. rows: [B] slot indices into the state (None = rows 0..B-1). active: [B] bool,
         rows that write no state. kv_len: an upper bound of positions + T over the batch (pass it
         to avoid a device sync). Returns the final-normed hidden states [B, T, hidden]."""
-        B, T, _ = x.shape
+        T = x.shape[1]
         device = x.device
         positions = positions.to(device)
         pos = positions[:, None] + torch.arange(T, device=device)  # [B, T]

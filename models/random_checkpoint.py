@@ -21,7 +21,10 @@ from models import mimi
 from models.config import AUDIO_VOCAB, AudioModelConfig
 from models.tokenizer import build_byte_tokenizer, write_tokenizer_files
 
-__all__ = ["RANDOM_MARKER", "disk_dtype", "embedded_default", "full_config", "random_model_tensors", "tiny_config", "write_random_checkpoint"]
+__all__ = [
+    "RANDOM_MARKER", "disk_dtype", "embedded_default", "full_config", "random_model_tensors", "tiny_config",
+    "write_random_checkpoint",
+]
 
 RANDOM_MARKER = "lfm_audio_random.json"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
@@ -121,7 +124,7 @@ def random_model_tensors(
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
     for name in sorted(shapes):
-        shape, dtype = shapes[name]
+        shape, _ = shapes[name]
         if name == "codebook_offsets":
             value = torch.arange(cfg.codebooks) * AUDIO_VOCAB
         elif name == "audio_loss_weights":
@@ -194,7 +197,7 @@ def _save(tensors: dict[str, Tensor], path: Path) -> None:
     save_file({k: v.contiguous() for k, v in unique.items()}, str(path), metadata={"format": "pt"})
 
 
-def _progress_bar(cfg: AudioModelConfig, size: str, detokenizer: str):  # noqa: ANN202
+def _progress_bar(cfg: AudioModelConfig, size: str, detokenizer: str):
     from tqdm import tqdm
 
     from models.lfm2_audio import LFM2AudioModel

@@ -25,7 +25,7 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def load(args: argparse.Namespace):  # noqa: ANN201
+def load(args: argparse.Namespace):
     import torch
 
     from models.checkpoint import load_checkpoint
@@ -89,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pick_decoder(ckpt, choice: str):  # noqa: ANN001, ANN202
+def _pick_decoder(ckpt, choice: str):
     if choice == "mimi" or (choice == "auto" and ckpt.detokenizer is None):
         if ckpt.mimi is None:
             raise SystemExit(f"{ckpt.directory} has no Mimi decoder")

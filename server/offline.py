@@ -36,6 +36,7 @@ class TurnResult:
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # 24 kHz
     finish: Finish | None = None
     seconds: float = 0.0  # generation wall time, prefill included
+    first_item_seconds: float | None = None
     first_audio_seconds: float | None = None
     frames: int = 0
 
@@ -72,6 +73,8 @@ def run_turn(
     for item in chat.respond(interleaved=mode == "chat", max_new_tokens=max_new_tokens,
                              text=text_params, audio=audio_params):
         result.items.append(item)
+        if result.first_item_seconds is None:
+            result.first_item_seconds = time.perf_counter() - t0
         if isinstance(item, int):
             ids.append(item)
         elif item[0] != EOA and speech is not None:

@@ -7,6 +7,12 @@ ASSETS = Path(__file__).parent / "golden" / "assets"
 SPEC_DIR = Path(__file__).parent / "golden" / "spec"  # a copy of shared/spec: the official tensor layouts
 
 
+def pytest_configure(config):
+    # Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP waits make small ops
+    # up to 100x slower. Tests that measure threading set their own count.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -14,7 +14,8 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "int64": torch.i
 
 
 def _spec(name: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    return {t["name"]: (tuple(t["shape"]), DTYPES[t["dtype"]]) for t in json.loads((SPEC / name).read_text())["tensors"]}
+    tensors = json.loads((SPEC / name).read_text())["tensors"]
+    return {t["name"]: (tuple(t["shape"]), DTYPES[t["dtype"]]) for t in tensors}
 
 
 def test_full_model_matches_official_checkpoint_layout():

@@ -62,7 +62,7 @@ def main() -> None:
         model = LFM2AudioModel.from_pretrained(ckpt, device="cpu", dtype=torch.float32).eval()
         proc = LFM2AudioProcessor.from_pretrained(ckpt, device="cpu")
         with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if stored != theirs:
             sys.exit(f"state dict mismatch: missing {set(theirs) - set(stored)}, extra {set(stored) - set(theirs)}")

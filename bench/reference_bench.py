@@ -1,0 +1,94 @@
+"""The reference implementation's side of `lfm-audio bench`; runs in the reference venv
+(tools/golden/setup_venv.sh), one measurement per process, and prints one JSON line.
+
+    .cache/golden-venv/bin/python bench/reference_bench.py --ckpt DIR --items 200 --threads 2
+
+What it measures is what the reference's own demo does per turn: build the chat (the whole history is
+re-prefilled and every clip re-encoded on each `generate_interleaved` call), then generate greedily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+
+def clip(seconds: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * 16000)) / 16000
+    f0 = 120 + 40 * torch.sin(2 * math.pi * 0.7 * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
+    x = sum(torch.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t) ** 2)
+    return (0.2 * x + 0.02 * torch.randn(t.shape, generator=g)).float()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", type=Path, required=True)
+    ap.add_argument("--items", type=int, default=200)
+    ap.add_argument("--turns", type=int, default=1)
+    ap.add_argument("--clip-seconds", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from liquid_audio import ChatState, LFM2AudioModel, LFM2AudioProcessor
+
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    model = LFM2AudioModel.from_pretrained(args.ckpt, device="cpu", dtype=dtype).eval()
+    proc = LFM2AudioProcessor.from_pretrained(args.ckpt, device="cpu")
+    load_s = time.perf_counter() - t0
+
+    chat = ChatState(proc, dtype=dtype)
+    chat.new_turn("system")
+    chat.add_text("Respond with interleaved text and audio.")
+    chat.end_turn()
+    # warm-up on a throwaway chat
+    warm = ChatState(proc, dtype=dtype)
+    warm.new_turn("user")
+    warm.add_audio(clip(1.0, 99)[None], 16000)
+    warm.end_turn()
+    warm.new_turn("assistant")
+    for _ in model.generate_interleaved(**warm, max_new_tokens=8):
+        pass
+
+    turns = []
+    for turn in range(args.turns):
+        chat.new_turn("user")
+        chat.add_audio(clip(args.clip_seconds, turn)[None], 16000)
+        chat.end_turn()
+        chat.new_turn("assistant")
+        start = time.perf_counter()
+        first_audio = first_item = None
+        items = []
+        for item in model.generate_interleaved(**chat, max_new_tokens=args.items):
+            now = time.perf_counter()
+            first_item = first_item or now
+            if item.numel() == 8 and first_audio is None:
+                first_audio = now
+            items.append(item)
+        end = time.perf_counter()
+        frames = sum(1 for i in items if i.numel() == 8)
+        text = [i for i in items if i.numel() == 1]
+        audio = [i for i in items if i.numel() == 8]
+        chat.append(text=torch.stack(text, 1), audio_out=torch.stack(audio, 1),
+                    modality_flag=torch.tensor([1 if i.numel() == 1 else 3 for i in items]))
+        chat.end_turn()
+        turns.append({
+            "items": len(items), "frames": frames, "seconds": end - start,
+            "first_item_s": first_item - start, "first_audio_s": (first_audio or end) - start,
+            "decode_frames_per_s": frames / (end - first_item) if end > first_item else 0.0,
+        })
+    print(json.dumps({"impl": "reference", "load_s": load_s, "turns": turns,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+if __name__ == "__main__":
+    main()
