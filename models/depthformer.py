@@ -79,14 +79,19 @@ class DepthAttention(nn.Module):
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, step: int, rot: Tensor) -> Tensor:
         """x [B, dim] at position `step`; keys/values [B, kv_heads, 8, head_dim] filled up to `step`;
         rot: the RoPE rotation of position `step`."""
-        B = x.shape[0]
-        kv = self.n_kv * self.head_dim
-        q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
-        q = self.bounded_attention.q_layernorm(q.view(B, self.n_heads, self.head_dim))
-        k = self.bounded_attention.k_layernorm(k.view(B, self.n_kv, self.head_dim))
-        q, k = (q.float() @ rot).type_as(q), (k.float() @ rot).type_as(k)
+        B, H, KV, hd = x.shape[0], self.n_heads, self.n_kv, self.head_dim
+        qkv = self.qkv_proj(x)
+        # q and k heads are adjacent in the projection: normalise and rotate them in one go (the same
+        # arithmetic as the reference's separate per-head norms and complex RoPE, in fewer ops).
+        qk = qkv[:, : (H + KV) * hd].view(B, H + KV, hd)
+        norms = self.bounded_attention
+        weight = torch.cat([norms.q_layernorm.weight.expand(H, hd), norms.k_layernorm.weight.expand(KV, hd)])
+        qk = (F.rms_norm(qk.float(), (hd,), eps=norms.q_layernorm.eps) * weight).type_as(x)
+        qk = (qk.float() @ rot).type_as(x)
+        q, k = qk[:, :H], qk[:, H:]
+        v = qkv[:, (H + KV) * hd:]
         keys[:, :, step] = k
-        values[:, :, step] = v.view(B, self.n_kv, self.head_dim)
+        values[:, :, step] = v.view(B, KV, hd)
         out = F.scaled_dot_product_attention(
             q[:, :, None], keys[:, :, : step + 1], values[:, :, : step + 1], enable_gqa=True
         )

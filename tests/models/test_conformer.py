@@ -7,7 +7,6 @@ encoder with the LFM2-Audio structure, seeded random weights, a padded batch of 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,10 @@ from safetensors.torch import load_file
 from models.config import EncoderConfig, PreprocessorConfig
 from models.conformer import AudioAdapter, ConformerEncoder, EncoderInputError, rel_pos_table
 from models.mel import audio_positions, log_mel
+from tests.conftest import SPEC_DIR
 
 ASSET = Path(__file__).resolve().parents[1] / "golden" / "assets" / "encoder_small.safetensors"
-SPEC = Path(os.environ.get("LFM_AUDIO_SPEC_DIR", Path(__file__).resolve().parents[3] / "shared" / "spec"))
-SPEC_FILE = SPEC / "lfm2_audio_1.5b.model.safetensors.json"
+SPEC_FILE = SPEC_DIR / "lfm2_audio_1.5b.model.safetensors.json"
 
 FULL = dict(
     feat_in=128, feat_out=-1, n_layers=17, d_model=512, subsampling="dw_striding", subsampling_factor=8,
@@ -167,8 +166,6 @@ def test_full_size_names_and_shapes():
     assert enc.state_dict()["layers.0.conv.batch_norm.num_batches_tracked"].dtype == torch.int64
     n_params = sum(p.numel() for p in enc.parameters())
     assert n_params == 109_548_544 and sum(p.numel() for p in adapter.parameters()) == 5_248_000  # model doc 2.1
-    if not SPEC_FILE.exists():
-        pytest.skip(f"spec not found at {SPEC_FILE}; set LFM_AUDIO_SPEC_DIR to the shared/spec folder")
     spec = json.loads(SPEC_FILE.read_text())["tensors"]
     expected = {t["name"]: tuple(t["shape"]) for t in spec if t["name"].startswith(("conformer.", "audio_adapter."))}
     assert names == expected
