@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -24,6 +25,9 @@ from models.lfm2_audio import LFM2AudioModel
 from models.mel import log_mel
 from models.sampling import SamplingParams
 from models.tokenizer import TextTokenizer
+
+if TYPE_CHECKING:
+    from models.compiled import CompiledSteps
 
 __all__ = ["ASR_PROMPT", "CHAT_PROMPT", "TTS_VOICES", "Chat", "Segment"]
 
@@ -55,6 +59,7 @@ class Chat:
     state: BackboneState
     row: int = 0
     seed: int | None = None
+    compiled: CompiledSteps | None = None  # models/compiled.py: static-shape steps over all state rows
     history: list[Segment] = field(default_factory=list)
     prefilled: int = 0  # segments of history already in the row's state
     position: int = 0  # positions in the row's state
@@ -63,8 +68,12 @@ class Chat:
         self.generator = torch.Generator(device=self.model.device)
         if self.seed is not None:
             self.generator.manual_seed(self.seed)
-        self.state.reset_rows([self.row])
-        self.history.append(Segment(Modality.TEXT, self.tokenizer.start()))
+        self.restart()
+
+    def restart(self) -> None:
+        """An empty conversation on the same row (the row's state is reset)."""
+        self.history = [Segment(Modality.TEXT, self.tokenizer.start())]
+        self.rebuild()
 
     # ---- building the conversation (lfm2-audio-model.md 4.1)
     def add_text(self, text: str) -> None:
@@ -103,7 +112,7 @@ class Chat:
         h = self._prefill_new()
         while True:
             want = gen.want()
-            item = sample_items(self.model, h[None], [want], [sampling])[0]
+            item = sample_items(self.model, h[None], [want], [sampling], self.compiled)[0]
             step = gen.accept_text(item) if want == Modality.TEXT else gen.accept_audio(item)
             if step.emit:
                 yield item
@@ -123,7 +132,16 @@ class Chat:
         self.history.append(seg)
         self.prefilled = len(self.history)
         x = self._embed(seg)
-        h = prefill(self.model, self.state, self.row, self.position, x)
+        if self.compiled is None:
+            h = prefill(self.model, self.state, self.row, self.position, x)
+        else:
+            rows = self.state.rows
+            x_all = x.new_zeros(rows, x.shape[-1])
+            x_all[self.row] = x[0]
+            positions = torch.zeros(rows, dtype=torch.long)
+            positions[self.row] = self.position
+            active = torch.arange(rows) == self.row
+            h = self.compiled.backbone_step(x_all.to(self.model.dtype), positions, active)[self.row]
         self.position += 1
         return h
 

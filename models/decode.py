@@ -7,14 +7,19 @@ serving engine (streaming/) are both built from them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from models.compiled import CompiledSteps
+
+from models.config import AUDIO_VOCAB
 from models.generation import Modality
 from models.lfm2 import BackboneState
 from models.lfm2_audio import LFM2AudioModel
-from models.sampling import SamplingParams, sample
+from models.sampling import SamplingParams, draw_noise, sample, sample_with_noise
 
 __all__ = ["RowSampling", "decode_step", "prefill"]
 
@@ -59,28 +64,41 @@ def decode_step(
 
 
 def sample_items(
-    model: LFM2AudioModel, h: Tensor, want: list[Modality], sampling: list[RowSampling]
+    model: LFM2AudioModel,
+    h: Tensor,
+    want: list[Modality],
+    sampling: list[RowSampling],
+    compiled: CompiledSteps | None = None,
 ) -> list[int | tuple[int, ...]]:
     """Sample the next item of each row from its backbone output h [B, hidden]."""
     out: list[int | tuple[int, ...]] = [0] * len(want)
     text_rows = [b for b, m in enumerate(want) if m == Modality.TEXT]
     audio_rows = [b for b, m in enumerate(want) if m == Modality.AUDIO_OUT]
     if text_rows:
-        params = [sampling[b].text for b in text_rows]
+        t, k = _params([sampling[b].text for b in text_rows], h.device)
         gens = [sampling[b].generator for b in text_rows]
-        tokens = _sample(model.text_logits(h[text_rows]), params, gens)
-        for b, t in zip(text_rows, tokens.tolist(), strict=True):
-            out[b] = t
+        tokens = sample(model.text_logits(h[text_rows]), t, k, gens)
+        for b, tok in zip(text_rows, tokens.tolist(), strict=True):
+            out[b] = tok
     if audio_rows:
         params = [sampling[b].audio for b in audio_rows]
+        t, k = _params(params, h.device)
+        greedy = [p.greedy for p in params]
         gens = [sampling[b].generator for b in audio_rows]
-        frames = model.audio_frame(h[audio_rows], lambda i, logits: _sample(logits, params, gens))
+        if compiled is not None:
+            noise = draw_noise(gens, greedy, (model.cfg.codebooks, AUDIO_VOCAB), h.device)
+            frames = compiled.audio_frame(h[audio_rows], t, k, noise)
+        elif all(greedy):
+            frames = model.audio_frame(h[audio_rows], lambda i, logits: logits.argmax(-1))
+        else:
+            noise = draw_noise(gens, greedy, (model.cfg.codebooks, AUDIO_VOCAB), h.device)
+            frames = model.audio_frame(h[audio_rows], lambda i, logits: sample_with_noise(logits, t, k, noise[:, i]))
         for b, f in zip(audio_rows, frames.tolist(), strict=True):
             out[b] = tuple(f)
     return out
 
 
-def _sample(logits: Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]) -> Tensor:
-    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=logits.device)
-    top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=logits.device)
-    return sample(logits, temperature, top_k, gens)
+def _params(params: list[SamplingParams], device: torch.device) -> tuple[Tensor, Tensor]:
+    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device)
+    top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)
+    return temperature, top_k

@@ -1,10 +1,11 @@
 """Batched sampling with per-row settings and per-row seeded generators (lfm2-audio-model.md 4.5).
 
 Per row: greedy (argmax) when temperature <= 0 or top_k == 1; otherwise logits / T, keep the values
->= the k-th largest (ties kept; top_k 0 = no limit), softmax, and draw one sample. The draw uses the
-exponential-race form `argmax(p / E)` with E ~ Exp(1), which has the same distribution as
-`torch.multinomial` and lets every row use its own generator, so that a session's output depends only
-on its own seed, never on who else shares the batch.
+>= the k-th largest (ties kept; top_k 0 = no limit), softmax, and draw one sample. The draw is the
+exponential race `argmax(p / E)` with E ~ Exp(1), which has the same distribution as
+`torch.multinomial`. The noise E is drawn first, from each row's own generator, so that (1) a
+session's output depends only on its own seed, never on who else shares the batch, and (2) the rest
+is pure tensor arithmetic with static shapes and no host sync, which a compiled step can contain.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingParams", "sample"]
+__all__ = ["SamplingParams", "draw_noise", "sample", "sample_with_noise"]
 
 
 @dataclass(frozen=True)
@@ -27,31 +28,31 @@ class SamplingParams:
         return self.temperature <= 0 or self.top_k == 1
 
 
-def sample(
-    logits: Tensor,
-    temperature: Tensor,
-    top_k: Tensor,
-    generators: list[torch.Generator | None],
-) -> Tensor:
-    """logits [B, V]; temperature [B] float; top_k [B] long; one generator per row (None: greedy row
-    or the global RNG). Returns [B] long."""
-    B, V = logits.shape
+def draw_noise(generators: list[torch.Generator | None], greedy: list[bool], shape: tuple[int, ...],
+               device: torch.device | str = "cpu") -> Tensor:
+    """Exp(1) noise [rows, *shape], each row from its own generator; greedy rows get ones (unused)."""
+    noise = torch.ones((len(generators), *shape), device=device)
+    for row, (gen, g) in enumerate(zip(generators, greedy, strict=True)):
+        if not g:
+            noise[row].exponential_(generator=gen)
+    return noise
+
+
+def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor) -> Tensor:
+    """logits [B, V]; temperature [B]; top_k [B] long; noise [B, V] ~ Exp(1). Returns [B] long."""
+    V = logits.shape[-1]
     greedy = (temperature <= 0) | (top_k == 1)
-    best = logits.argmax(-1)
-    if bool(greedy.all()):
-        return best
-    t = torch.where(greedy, torch.ones_like(temperature), temperature).to(torch.float32)
-    scaled = logits.float() / t[:, None]
-    k = torch.where((top_k <= 0) | (top_k > V), torch.full_like(top_k, V), top_k)
-    kmax = int(k.max())
-    kth = scaled.topk(kmax, dim=-1).values.gather(1, (k - 1)[:, None].to(logits.device))
-    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    probs = scaled.softmax(-1)
-    noise = torch.empty_like(probs)
-    for row in range(B):
-        if not bool(greedy[row]):
-            noise[row].exponential_(generator=generators[row])
-        else:
-            noise[row] = 1.0
-    drawn = (probs / noise).argmax(-1)
-    return torch.where(greedy.to(logits.device), best, drawn)
+    scaled = logits.float() / torch.where(greedy, 1.0, temperature.float())[:, None]
+    k = torch.where((top_k <= 0) | (top_k > V), V, top_k)
+    kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+    probs = scaled.masked_fill(scaled < kth, float("-inf")).softmax(-1)
+    return torch.where(greedy, logits.argmax(-1), (probs / noise).argmax(-1))
+
+
+def sample(logits: Tensor, temperature: Tensor, top_k: Tensor, generators: list[torch.Generator | None]) -> Tensor:
+    """Eager convenience: draws the noise, then samples. Returns [B] long."""
+    greedy = ((temperature <= 0) | (top_k == 1)).tolist()
+    if all(greedy):
+        return logits.argmax(-1)
+    noise = draw_noise(generators, greedy, (logits.shape[-1],), logits.device)
+    return sample_with_noise(logits, temperature.to(logits.device), top_k.to(logits.device), noise)

@@ -39,6 +39,7 @@ def worker(args: argparse.Namespace) -> None:
     """Our side of one measurement; prints one JSON line."""
     import torch
 
+    from models.chat import CHAT_PROMPT
     from models.checkpoint import load_checkpoint
     from models.sampling import SamplingParams
     from models.speech import SpeechDecoder
@@ -52,11 +53,15 @@ def worker(args: argparse.Namespace) -> None:
     if args.speech:
         speech = SpeechDecoder(ckpt.detokenizer or ckpt.mimi, rows=1)
     greedy = (SamplingParams(), SamplingParams())
-    warm = open_chat(ckpt, "chat")
-    run_turn(warm, speech, "chat", audio_16k=clip(1.0, 99).numpy(), max_new_tokens=8, sampling=greedy)
-
-    chat = open_chat(ckpt, "chat", capacity=8192)
+    chat = open_chat(ckpt, "chat", capacity=args.capacity, compile=args.compile)
+    # warm-up (and compilation) on a throwaway turn, then a fresh conversation on the same row
+    t0 = time.perf_counter()
+    run_turn(chat, speech, "chat", audio_16k=clip(1.0, 99).numpy(), max_new_tokens=24, sampling=greedy)
+    warmup_s = time.perf_counter() - t0
+    chat.restart()
+    chat.turn("system", text=CHAT_PROMPT)
     turns = []
+    first = time.perf_counter()
     for turn in range(args.turns):
         r = run_turn(chat, speech, "chat", audio_16k=clip(args.clip_seconds, turn).numpy(),
                      max_new_tokens=args.items, sampling=greedy)
@@ -64,7 +69,8 @@ def worker(args: argparse.Namespace) -> None:
         turns.append({"items": len(r.items), "frames": frames, "seconds": r.seconds,
                       "first_item_s": r.first_item_seconds, "first_audio_s": r.first_audio_seconds,
                       "decode_frames_per_s": frames / (r.seconds - r.first_item_seconds)})
-    print(json.dumps({"impl": "ours", "load_s": load_s, "turns": turns,
+    print(json.dumps({"impl": "ours", "compile": args.compile, "load_s": load_s, "warmup_s": warmup_s,
+                      "total_s": time.perf_counter() - first, "turns": turns,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -96,43 +102,55 @@ def _reference_python(args: argparse.Namespace) -> str | None:
     return str(ROOT / venv.stdout.strip().splitlines()[-1] / "bin" / "python")
 
 
+VARIANTS = (  # label, extra worker flags
+    ("ours, eager", []),
+    ("ours, compiled", ["--compile"]),
+    ("ours, compiled + streaming decoder", ["--compile", "--speech"]),
+)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     ref_python = _reference_python(args)
-    rows = []
+    results = []
     for size in args.sizes.split(","):
         ckpt = _checkpoint(size, out)
         items = args.frames or DEFAULT_ITEMS[size]
         common = ["--ckpt", str(ckpt), "--items", str(items), "--threads", str(args.threads)]
-        ours = _run([sys.executable, "-m", "server.bench", "--worker", *common])
-        row = {"size": size, "ours": ours}
-        print(f"[{size}] ours: {ours['turns'][0]['decode_frames_per_s']:.1f} frames/s", file=sys.stderr)
+        runs = {}
         if ref_python:
-            row["reference"] = _run([ref_python, str(ROOT / "bench/reference_bench.py"), *common])
-            print(f"[{size}] reference: {row['reference']['turns'][0]['decode_frames_per_s']:.1f} frames/s",
-                  file=sys.stderr)
-        row["ours_with_speech"] = _run([sys.executable, "-m", "server.bench", "--worker", "--speech", *common])
-        rows.append(row)
-    (out / "bench.json").write_text(json.dumps(rows, indent=2))
-    (out / "bench.md").write_text(_markdown(rows, args.threads))
+            runs["reference (liquid-audio 1.3.0)"] = _run([ref_python, str(ROOT / "bench/reference_bench.py"), *common])
+        for label, flags in VARIANTS:
+            runs[label] = _run([sys.executable, "-m", "server.bench", "--worker", *common, *flags])
+        for label, r in runs.items():
+            print(f"[{size}] {label}: {_fps(r):.1f} frames/s", file=sys.stderr)
+        results.append({"size": size, "items": items, "runs": runs})
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    (out / "bench.md").write_text(_markdown(results, args.threads))
     print((out / "bench.md").read_text())
     return 0
 
 
-def _markdown(rows: list[dict], threads: int) -> str:
-    lines = [f"# lfm-audio bench (one session, greedy, fp32, {threads} threads, 4 s user clip)", "",
-             "| checkpoint | ours frames/s | reference frames/s | ratio | ours + decoder frames/s | "
-             "ours peak RSS MB | reference peak RSS MB |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        o = r["ours"]["turns"][0]["decode_frames_per_s"]
-        s = r["ours_with_speech"]["turns"][0]["decode_frames_per_s"]
-        ref = r.get("reference")
-        f = ref["turns"][0]["decode_frames_per_s"] if ref else float("nan")
-        lines.append(f"| {r['size']} | {o:.1f} | {f:.1f} | {o / f:.2f}x | {s:.1f} | {r['ours']['peak_rss_mb']:.0f} | "
-                     f"{ref['peak_rss_mb'] if ref else float('nan'):.0f} |")
-    lines += ["", "frames/s: audio frames generated per second of the decode loop (after the first item); "
-              "real time needs 12.5 frames/s plus the interleaved text steps."]
+def _fps(run: dict) -> float:
+    return run["turns"][0]["decode_frames_per_s"]
+
+
+def _markdown(results: list[dict], threads: int) -> str:
+    lines = [f"# lfm-audio bench: one session, greedy, fp32, {threads} threads, 4 s user clip", "",
+             "| checkpoint | implementation | audio frames/s | vs reference | first audio s | warm-up s | "
+             "peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for res in results:
+        ref = next((r for label, r in res["runs"].items() if label.startswith("reference")), None)
+        for label, r in res["runs"].items():
+            ratio = f"{_fps(r) / _fps(ref):.2f}x" if ref else "-"
+            warm = f"{r['warmup_s']:.0f}" if "warmup_s" in r else "-"
+            lines.append(f"| {res['size']} | {label} | {_fps(r):.1f} | {ratio} | "
+                         f"{r['turns'][0]['first_audio_s']:.2f} | {warm} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "audio frames/s: frames generated per second of the decode loop (from the first generated item "
+              "to the last; 80 ms of audio each; real time needs 12.5/s plus the interleaved text steps). "
+              "first audio: from the start of the turn (user clip encoding and prefill included) to the first "
+              "audio frame. warm-up: one throwaway turn, including compilation."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +164,8 @@ def _worker_main() -> None:
     ap.add_argument("--clip-seconds", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--capacity", type=int, default=4096)
+    ap.add_argument("--compile", action="store_true")
     worker(ap.parse_args())
 
 

@@ -42,11 +42,15 @@ class TurnResult:
 
 
 def open_chat(ckpt: Checkpoint, mode: str, *, voice: str = "us_female", capacity: int = 4096,
-              seed: int | None = None) -> Chat:
+              seed: int | None = None, compile: bool = False) -> Chat:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     state = BackboneState.allocate(ckpt.config.lfm, 1, capacity, device=ckpt.model.device, dtype=ckpt.model.dtype)
     chat = Chat(ckpt.model, ckpt.tokenizer, state, seed=seed)
+    if compile:
+        from models.compiled import CompiledSteps
+
+        chat.compiled = CompiledSteps(ckpt.model, state)
     system = {"chat": CHAT_PROMPT, "asr": ASR_PROMPT}.get(mode) or TTS_VOICES[voice]
     chat.turn("system", text=system)
     return chat
@@ -77,8 +81,9 @@ def run_turn(
             result.first_item_seconds = time.perf_counter() - t0
         if isinstance(item, int):
             ids.append(item)
-        elif item[0] != EOA and speech is not None:
-            pcm.extend(speech.step(torch.tensor([item]), [0]))
+        elif item[0] != EOA:
+            if speech is not None:
+                pcm.extend(speech.step(torch.tensor([item]), [0]))
             result.frames += 1
             if result.first_audio_seconds is None:
                 result.first_audio_seconds = time.perf_counter() - t0

@@ -90,3 +90,17 @@ def test_asr_and_tts_sequences_match_reference(tiny, golden):
     tts.turn("system", text="Perform TTS. Use the UK female voice.")
     tts.turn("user", text="Hello there, how are you?")
     _assert_sequence(list(tts.respond(interleaved=False, max_new_tokens=meta["tts_tokens"])), g, "tts")
+
+
+@pytest.mark.slow
+def test_compiled_steps_give_the_reference_sequences(tiny, golden):
+    from models.compiled import CompiledSteps
+
+    meta, g = golden
+    chat = _chat(tiny)
+    chat.compiled = CompiledSteps(tiny.model, chat.state)
+    chat.turn("system", text=CHAT_PROMPT)
+    chat.turn("user", audio=g["wave"])
+    _assert_sequence(list(chat.respond(interleaved=True, max_new_tokens=meta["turn_tokens"])), g, "chat_turn1")
+    chat.turn("user", audio=g["wave2"], text="And now?")
+    _assert_sequence(list(chat.respond(interleaved=True, max_new_tokens=meta["turn_tokens"])), g, "chat_turn2")
