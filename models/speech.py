@@ -14,7 +14,7 @@ from models.config import EOA
 from models.detokenizer import Detokenizer, DetokenizerState
 from models.mimi import Mimi, MimiDecoderState
 
-__all__ = ["SAMPLE_RATE", "SpeechDecoder"]
+__all__ = ["SAMPLE_RATE", "SpeechDecoder", "pick_decoder"]
 
 SAMPLE_RATE = 24_000
 
@@ -58,3 +58,16 @@ class SpeechDecoder:
     def finish(self, rows: list[int]) -> list[Tensor]:
         tails = self.module.flush(self.state, rows=torch.tensor(rows, device=self.device))
         return [tails[b].float().cpu() if not self.fresh[r] else tails[b, :0].cpu() for b, r in enumerate(rows)]
+
+
+def pick_decoder(ckpt, choice: str = "auto") -> Mimi | Detokenizer:
+    """"mimi", "lfm2.5", or "auto": the LFM2.5 detokenizer where the checkpoint has one, else Mimi."""
+    if choice not in ("auto", "mimi", "lfm2.5"):
+        raise ValueError(f"decoder must be auto, mimi or lfm2.5, got {choice!r}")
+    if choice == "mimi" or (choice == "auto" and ckpt.detokenizer is None):
+        if ckpt.mimi is None:
+            raise ValueError(f"{ckpt.directory} has no Mimi decoder ({'tokenizer-e351c8d8-checkpoint125.safetensors'})")
+        return ckpt.mimi
+    if ckpt.detokenizer is None:
+        raise ValueError(f"{ckpt.directory} has no LFM2.5 detokenizer (audio_detokenizer/)")
+    return ckpt.detokenizer

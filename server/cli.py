@@ -46,7 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from models.sampling import SamplingParams
-    from models.speech import SAMPLE_RATE, SpeechDecoder
+    from models.speech import SAMPLE_RATE, SpeechDecoder, pick_decoder
     from server.offline import default_sampling, open_chat, run_turn
     from streaming.audio import read_wav, resample, write_wav
 
@@ -57,7 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"--mode {args.mode} needs {'--' + needs if needs else '--audio or --text'}", file=sys.stderr)
         return 2
     ckpt = load(args)
-    decoder = _pick_decoder(ckpt, args.decoder)
+    decoder = pick_decoder(ckpt, args.decoder)
     speech = SpeechDecoder(decoder, rows=1) if args.mode != "asr" else None
     chat = open_chat(ckpt, args.mode, voice=args.voice, seed=args.seed)
     text_default, audio_default = default_sampling(args.mode)
@@ -87,16 +87,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         write_wav(args.out, np.concatenate(speech_out) if speech_out else np.zeros(0), SAMPLE_RATE)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def _pick_decoder(ckpt, choice: str):
-    if choice == "mimi" or (choice == "auto" and ckpt.detokenizer is None):
-        if ckpt.mimi is None:
-            raise SystemExit(f"{ckpt.directory} has no Mimi decoder")
-        return ckpt.mimi
-    if ckpt.detokenizer is None:
-        raise SystemExit(f"{ckpt.directory} has no LFM2.5 detokenizer (audio_detokenizer/)")
-    return ckpt.detokenizer
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from models.chat import ASR_PROMPT, CHAT_PROMPT, Chat
 from models.checkpoint import tensors_digest
+from models.conversation import Item, embed_segments
+from models.generation import Modality
 from models.lfm2 import BackboneState
 from models.mel import log_mel
 from tests.conftest import ASSETS
@@ -56,10 +58,11 @@ def test_prefill_logits_match_reference(tiny, golden):
     chat = _chat(tiny)
     chat.turn("system", text=CHAT_PROMPT)
     chat.turn("user", audio=g["wave"])
-    chat.add_text("<|im_start|>assistant\n")
-    ids = [i for s in chat.history if s.kind == 1 for i in s.data]
+    chat.conv.add(Item("reply", "assistant", closed=False))
+    layout = chat.conv.layout()
+    ids = [i for s in layout if s.kind == Modality.TEXT for i in s.data]
     assert ids == g["prompt_text_ids"].tolist()
-    x = torch.cat([chat._embed(s) for s in chat.history])
+    x = embed_segments(tiny.model, layout)
     with torch.inference_mode():
         h = tiny.model.lfm(x[None], chat.state, torch.tensor([0]), rows=torch.tensor([1]))[0]
         logits = tiny.model.text_logits(h[-4:])

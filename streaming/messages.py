@@ -1,0 +1,130 @@
+"""The typed messages that cross the engine's boundary: requests in, events out, statistics.
+
+Plain data (NumPy arrays and Python values, never device tensors), so that whoever receives them, on
+whatever thread, needs nothing from the model.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "AudioDelta", "EngineFull", "EngineStats", "Event", "ItemAdded", "Mode", "ResponseDone",
+    "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings", "Usage",
+]
+
+
+class EngineFull(RuntimeError):
+    """Every slot is taken: the session is refused (nothing queues real-time audio)."""
+
+
+class Mode(enum.Enum):
+    CHAT = "chat"  # interleaved text and speech
+    ASR = "asr"  # sequential: transcript text
+    TTS = "tts"  # sequential: speech
+
+    @property
+    def interleaved(self) -> bool:
+        return self is Mode.CHAT
+
+
+class Status(enum.Enum):  # OpenAI Realtime response statuses
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ResponseRequest:
+    response_id: str
+    item_id: str  # the assistant item the response becomes
+    mode: Mode = Mode.CHAT
+    max_tokens: int = 1024  # text tokens and audio frames together
+    audio: bool = True  # decode speech (False: text only, frames still generated and kept)
+    text_temperature: float = 0.0
+    text_top_k: int = 0
+    audio_temperature: float = 1.0
+    audio_top_k: int = 4
+    seed: int | None = None
+
+
+@dataclass
+class Usage:
+    input_positions: int = 0  # positions prefilled for this response (new since the last one)
+    cached_positions: int = 0  # positions reused from the session's state
+    output_text_tokens: int = 0
+    output_audio_frames: int = 0
+
+
+@dataclass
+class Timings:
+    """perf_counter() stamps taken on the engine thread."""
+
+    requested: float = 0.0
+    prefill_done: float | None = None
+    first_text: float | None = None
+    first_audio: float | None = None
+    done: float | None = None
+
+
+# ---- events (engine -> session)
+@dataclass(frozen=True)
+class ItemAdded:
+    item_id: str
+    positions: int  # input positions the item takes (after encoding audio)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    response_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class AudioDelta:
+    response_id: str
+    pcm: np.ndarray  # float32, 24 kHz mono
+    frame: int  # index of the first 80 ms frame this chunk belongs to
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    response_id: str
+    item_id: str
+    status: Status
+    reason: str | None  # e.g. "max_output_tokens", "turn_detected", "client_cancelled", an error
+    usage: Usage
+    timings: Timings
+    text: str  # the whole transcript
+    items: tuple = ()  # every generated item in order: token ids (int) and frames (8-tuples of codes)
+
+
+@dataclass(frozen=True)
+class SessionFailed:
+    message: str
+
+
+Event = ItemAdded | TextDelta | AudioDelta | ResponseDone | SessionFailed
+
+
+@dataclass
+class EngineStats:
+    """Counters and recent samples; the server turns them into Prometheus metrics."""
+
+    slots_total: int = 0
+    slots_used: int = 0
+    steps: int = 0
+    step_seconds: list[float] = field(default_factory=list)  # decode steps since the last drain
+    batch_sizes: list[int] = field(default_factory=list)
+    prefill_seconds: list[float] = field(default_factory=list)
+    prefill_positions: int = 0
+    queue_depth: int = 0  # slots waiting for prefill
+    underruns: int = 0
+    skipped_rows: int = 0  # rows that waited a step because they were far ahead of real time
+    sessions_failed: int = 0
+    alive: bool = False
+    last_heartbeat: float = 0.0

@@ -1,0 +1,294 @@
+"""The engine: batched sessions produce exactly what each produces alone, cached turns equal a full
+re-prefill (and the reference), cancel and failures stay contained, admission refuses when full."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.chat import ASR_PROMPT, CHAT_PROMPT, Chat
+from models.lfm2 import BackboneState
+from streaming.engine import Engine, EngineConfig
+from streaming.messages import AudioDelta, EngineFull, Mode, ResponseDone, ResponseRequest, SessionFailed, Status
+from tests.conftest import ASSETS
+
+TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_file(ASSETS / "model_tiny.safetensors")
+
+
+class Client:
+    """Collects a session's events; waits for responses."""
+
+    def __init__(self, engine: Engine, *, fail_on_audio: bool = False) -> None:
+        self.events: list = []
+        self.done: dict[str, ResponseDone] = {}
+        self.failed: str | None = None
+        self.cond = threading.Condition()
+        self.fail_on_audio = fail_on_audio
+        self.session = engine.open(self.sink)
+
+    def sink(self, event) -> None:
+        if self.fail_on_audio and isinstance(event, AudioDelta):
+            raise RuntimeError("client bug")
+        with self.cond:
+            self.events.append(event)
+            if isinstance(event, ResponseDone):
+                self.done[event.response_id] = event
+            if isinstance(event, SessionFailed):
+                self.failed = event.message
+            self.cond.notify_all()
+
+    def wait(self, response_id: str, timeout: float = 120) -> ResponseDone:
+        with self.cond:
+            assert self.cond.wait_for(lambda: response_id in self.done or self.failed, timeout), "no response"
+        assert self.failed is None, self.failed
+        return self.done[response_id]
+
+    def audio(self, response_id: str) -> np.ndarray:
+        return np.concatenate([e.pcm for e in self.events if isinstance(e, AudioDelta) and
+                               e.response_id == response_id] or [np.zeros(0, np.float32)])
+
+
+def _request(rid: str, mode: Mode = Mode.CHAT, tokens: int = TOKENS, **kw) -> ResponseRequest:
+    greedy = {"audio_temperature": 0.0, "audio_top_k": 0}
+    return ResponseRequest(rid, f"item_{rid}", mode, max_tokens=tokens, **{**greedy, **kw})
+
+
+@pytest.fixture
+def engine(tiny):
+    eng = Engine(tiny, EngineConfig(max_sessions=4, max_context=1024, prefill_budget=64))
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+def _script(client: Client, turns: list[dict]) -> list[ResponseDone]:
+    """Run a conversation: each turn is {user_audio|user_text|system, mode}; waits for each response."""
+    out = []
+    for n, turn in enumerate(turns):
+        if "system" in turn:
+            client.session.add_item(f"sys{n}", "system", text=turn["system"])
+        if "audio" in turn or "text" in turn:
+            client.session.add_item(f"user{n}", "user", text=turn.get("text"), audio=turn.get("audio"))
+        if "mode" in turn:
+            rid = f"r{client.session.id}_{n}"
+            client.session.respond(_request(rid, turn["mode"], turn.get("tokens", TOKENS)))
+            out.append(client.wait(rid))
+    return out
+
+
+def _flat(items) -> tuple[list[int], list[list[int]]]:
+    kinds = [1 if isinstance(i, int) else 3 for i in items]
+    values = [[i] + [0] * 7 if isinstance(i, int) else list(i) for i in items]
+    return kinds, values
+
+
+def test_engine_turns_match_the_reference(engine, golden):
+    """Two chat turns with the state kept between them: the reference's greedy sequences (it re-prefills)."""
+    c = Client(engine)
+    wave, wave2 = golden["wave"].numpy(), golden["wave2"].numpy()
+    r1, r2 = _script(c, [
+        {"system": CHAT_PROMPT, "audio": wave, "mode": Mode.CHAT},
+        {"audio": wave2, "text": "And now?", "mode": Mode.CHAT},
+    ])
+    for r, name in ((r1, "chat_turn1"), (r2, "chat_turn2")):
+        kinds, values = _flat(r.items)
+        assert kinds == golden[f"{name}_kinds"].tolist()
+        assert values == golden[f"{name}_values"].tolist()
+        assert r.status == Status.INCOMPLETE and r.reason == "max_output_tokens"
+    assert r2.usage.cached_positions > 0  # turn 2 reused turn 1's state
+    assert r2.usage.input_positions < r2.usage.cached_positions
+    assert len(c.audio("r1_0")) == r1.usage.output_audio_frames * 1920
+
+
+def _conversations(golden):
+    wave, wave2 = golden["wave"].numpy(), golden["wave2"].numpy()
+    return [
+        [{"system": CHAT_PROMPT, "audio": wave, "mode": Mode.CHAT},
+         {"text": "Tell me more.", "mode": Mode.CHAT, "tokens": 30}],
+        [{"system": ASR_PROMPT, "audio": wave2, "mode": Mode.ASR, "tokens": 20}],
+        [{"system": "Perform TTS. Use the US male voice.", "text": "Good morning!", "mode": Mode.TTS, "tokens": 25}],
+        [{"system": CHAT_PROMPT, "text": "Hi there", "mode": Mode.CHAT, "tokens": 60}],
+    ]
+
+
+def test_batched_sessions_equal_each_alone(engine, golden):
+    convs = _conversations(golden)
+    alone = []
+    for turns in convs:
+        c = Client(engine)
+        alone.append([r.items for r in _script(c, turns)])
+        c.session.close()
+
+    results: list = [None] * len(convs)
+
+    def run(i):
+        c = Client(engine)
+        results[i] = [r.items for r in _script(c, convs[i])]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(convs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert results == alone
+    stats = engine.stats()
+    assert max(stats.batch_sizes) >= 2  # they really shared decode steps
+
+
+def test_cached_turns_equal_full_reprefill(engine, tiny, golden):
+    wave = golden["wave"].numpy()
+    turns = [{"system": CHAT_PROMPT, "audio": wave, "mode": Mode.CHAT, "tokens": 30},
+             {"text": "What else?", "mode": Mode.CHAT, "tokens": 30},
+             {"audio": wave[:8000], "mode": Mode.CHAT, "tokens": 30}]
+    cached = [r.items for r in _script(Client(engine), turns)]
+
+    chat = Chat(tiny.model, tiny.tokenizer, BackboneState.allocate(tiny.config.lfm, 1, 1024))
+    chat.turn("system", text=CHAT_PROMPT)
+    rebuilt = []
+    for turn in turns:
+        chat.turn("user", text=turn.get("text"), audio=torch.from_numpy(turn["audio"]) if "audio" in turn else None)
+        chat.rebuild()  # the reference's way: prefill everything again
+        rebuilt.append(tuple(chat.respond(interleaved=True, max_new_tokens=turn["tokens"])))
+    assert cached == rebuilt
+
+
+def test_cancel_mid_response_then_new_turn(engine, tiny, golden):
+    wave = golden["wave"].numpy()
+    free = engine.slots_free
+    c = Client(engine)
+    c.session.add_item("sys", "system", text=CHAT_PROMPT)
+    c.session.add_item("u1", "user", audio=wave)
+    c.session.respond(_request("long", tokens=400))
+    with c.cond:
+        assert c.cond.wait_for(lambda: sum(isinstance(e, AudioDelta) for e in c.events) >= 3, 60)
+    c.session.cancel("turn_detected")
+    cancelled = c.wait("long")
+    assert cancelled.status == Status.CANCELLED and cancelled.reason == "turn_detected"
+    assert len(cancelled.items) < 400
+    c.session.add_item("u2", "user", text="Sorry, go on.")
+    c.session.respond(_request("next", tokens=30))
+    after = c.wait("next")
+
+    # The same history, prefilled from scratch, gives the same continuation.
+    chat = Chat(tiny.model, tiny.tokenizer, BackboneState.allocate(tiny.config.lfm, 1, 1024))
+    chat.turn("system", text=CHAT_PROMPT)
+    chat.turn("user", audio=torch.from_numpy(wave))
+    reply = chat.conv.items[-1]
+    from models.conversation import Item
+
+    item = Item("long", "assistant")
+    for value in cancelled.items:
+        item.append_generated(1 if isinstance(value, int) else 3, value)
+    chat.conv.add(item)
+    assert reply is not item
+    chat.turn("user", text="Sorry, go on.")
+    chat.rebuild()
+    assert after.items == tuple(chat.respond(interleaved=True, max_new_tokens=30))
+
+    c.session.close()
+    deadline = time.monotonic() + 5
+    while engine.slots_free != free and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.slots_free == free
+
+
+def test_a_failing_session_does_not_disturb_the_others(engine, golden):
+    convs = _conversations(golden)
+    alone = [r.items for r in _script(Client(engine), convs[0])]
+
+    bad = Client(engine, fail_on_audio=True)
+    bad.session.add_item("sys", "system", text=CHAT_PROMPT)
+    bad.session.add_item("u", "user", text="hello")
+    good = Client(engine)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.extend(r.items for r in _script(good, convs[0])))
+    worker.start()
+    bad.session.respond(_request("bad", tokens=200))
+    worker.join(300)
+    with bad.cond:
+        assert bad.cond.wait_for(lambda: bad.failed is not None, 60)
+    assert result == alone
+    assert engine.ready
+
+
+def test_admission_refuses_when_full_and_frees_on_close(tiny):
+    eng = Engine(tiny, EngineConfig(max_sessions=2, max_context=256))
+    eng.start()
+    try:
+        a, b = eng.open(lambda e: None), eng.open(lambda e: None)
+        with pytest.raises(EngineFull):
+            eng.open(lambda e: None)
+        a.close()
+        deadline = time.monotonic() + 5
+        while eng.slots_free == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        eng.open(lambda e: None).close()
+        b.close()
+    finally:
+        eng.stop()
+    assert not eng.ready
+
+
+def test_context_limit_drops_oldest_turns(tiny, golden):
+    eng = Engine(tiny, EngineConfig(max_sessions=1, max_context=192, prefill_budget=32))
+    eng.start()
+    try:
+        c = Client(eng)
+        wave = golden["wave"].numpy()
+        turns = [{"system": CHAT_PROMPT, "audio": wave, "mode": Mode.CHAT, "tokens": 40}] + [
+            {"text": f"Question {n}?", "mode": Mode.CHAT, "tokens": 40} for n in range(3)]
+        results = _script(c, turns)
+        assert all(r.status == Status.INCOMPLETE for r in results)
+        assert results[-1].usage.cached_positions == 0  # rebuilt from the kept history
+    finally:
+        eng.stop()
+
+
+def test_transcription_runs_on_a_spare_slot(engine, golden, tiny):
+    c = Client(engine)
+    wave = golden["wave"].numpy()
+    c.session.add_item("sys", "system", text=CHAT_PROMPT)
+    c.session.add_item("u1", "user", audio=wave)
+    c.session.transcribe("u1", "asr1")
+    done = c.wait("asr1")
+    asr = Chat(tiny.model, tiny.tokenizer, BackboneState.allocate(tiny.config.lfm, 1, 1024))
+    asr.turn("system", text=ASR_PROMPT)
+    asr.turn("user", audio=torch.from_numpy(wave))
+    expected = tuple(i for i in asr.respond(interleaved=False, max_new_tokens=512) if i != 7)
+    assert done.items == expected
+    assert done.text == tiny.tokenizer.decode([i for i in expected if isinstance(i, int)])
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_engine_releases_memory_of_closed_sessions(engine):
+    def cycle():
+        c = Client(engine)
+        _script(c, [{"system": CHAT_PROMPT, "text": "Hi", "mode": Mode.CHAT, "tokens": 20}])
+        c.session.close()
+
+    for _ in range(3):
+        cycle()
+    gc.collect()
+    before = _rss_mb()
+    for _ in range(15):
+        cycle()
+    gc.collect()
+    time.sleep(0.1)
+    assert engine.slots_free == engine.config.max_sessions
+    assert not engine._slots and not engine._by_session
+    assert _rss_mb() - before < 20
