@@ -110,9 +110,19 @@ VARIANTS = (  # label, extra worker flags
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     ref_python = _reference_python(args)
+    if args.suite in ("single", "all"):
+        run_single_bench(args, ref_python)
+    if args.suite in ("engine", "all"):
+        from server.bench_engine import run_engine_bench
+
+        run_engine_bench(args, ref_python, _checkpoint)
+    return 0
+
+
+def run_single_bench(args: argparse.Namespace, ref_python: str | None) -> None:
+    out: Path = args.out
     results = []
     for size in args.sizes.split(","):
         ckpt = _checkpoint(size, out)
@@ -129,7 +139,6 @@ def run_bench(args: argparse.Namespace) -> int:
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     (out / "bench.md").write_text(_markdown(results, args.threads))
     print((out / "bench.md").read_text())
-    return 0
 
 
 def _fps(run: dict) -> float:
@@ -157,6 +166,10 @@ def _markdown(results: list[dict], threads: int) -> str:
 def _worker_main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--engine-worker", action="store_true")
+    ap.add_argument("--ttfa-worker", action="store_true")
+    ap.add_argument("--sessions", type=int, default=1)
+    ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--speech", action="store_true", help="also decode the audio (streaming)")
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--items", type=int, default=200)
@@ -166,7 +179,13 @@ def _worker_main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--capacity", type=int, default=4096)
     ap.add_argument("--compile", action="store_true")
-    worker(ap.parse_args())
+    args = ap.parse_args()
+    if args.engine_worker or args.ttfa_worker:
+        from server.bench_engine import engine_worker, ttfa_worker
+
+        (engine_worker if args.engine_worker else ttfa_worker)(args)
+    else:
+        worker(args)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ class EngineConfig:
     saturated_step_s: float = 0.06  # a decode step slower than this means the machine is saturated
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
+    threads: int | None = None  # torch threads; None: 1 for a small model, else torch's default
 
 
 @dataclass
@@ -205,6 +206,13 @@ class Engine:
 
     # ---- the loop
     def _loop(self) -> None:
+        threads = self.config.threads
+        if threads is None and self.ckpt.config.lfm.hidden_size < 1024:
+            # Measured: a small model's ops are too short to gain from a second thread, and from this
+            # thread the OpenMP hand-offs made each step about 3x slower.
+            threads = 1
+        if threads:
+            torch.set_num_threads(threads)
         try:
             while not self._stop.is_set():
                 self._stats.last_heartbeat = time.monotonic()
