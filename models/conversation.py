@@ -73,7 +73,11 @@ class Conversation:
         self._wrappers: dict[str, list[int]] = {}
 
     # ---- editing
-    def add(self, item: Item, *, after: str | None = None) -> None:
+    def add(self, item: Item, *, after: str | None = None, first: bool = False) -> None:
+        if first:
+            self.items.insert(0, item)
+            self.stale = self.stale or self.position > 0
+            return
         if after is None:
             self.items.append(item)
             return

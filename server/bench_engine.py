@@ -109,7 +109,7 @@ def ttfa_worker(args: argparse.Namespace) -> None:
     from server.bench import clip
     from streaming.messages import ResponseRequest
 
-    eng = _engine(args, 1)
+    eng = _engine(args, 2)  # the warm-up session's slot is released asynchronously
     sink = _Collector()
     h = eng.open(sink)
     h.add_item("sys", "system", text=CHAT_PROMPT)

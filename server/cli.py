@@ -1,4 +1,4 @@
-"""The `lfm-audio` command: make-checkpoint, generate, bench."""
+"""The `lfm-audio` command: serve, make-checkpoint, generate, bench."""
 
 from __future__ import annotations
 
@@ -89,6 +89,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    host = "[" + settings.host + "]" if ":" in settings.host else settings.host
+    print(f"lfm-audio: loading, then serving the voice demo at http://{host}:{settings.port}/ "
+          f"and the Realtime API at ws://{host}:{settings.port}/v1/realtime", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                ws_max_size=2 * settings.max_event_bytes, timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+    return 0
+
+
+def _add_settings_args(p: argparse.ArgumentParser) -> None:
+    """One flag per server setting (env LFM_AUDIO_<NAME> sets the same); unset flags leave env/defaults."""
+    from server.settings import Settings
+
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field.annotation
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        elif kind in (int, float):
+            p.add_argument(flag, type=kind, default=None, help=field.description)
+        elif name in ("api_keys", "cors_origins", "ice_servers"):
+            p.add_argument(flag, default=None, help=field.description)
+        else:
+            p.add_argument(flag, default=None, help=field.description)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from server.bench import run_bench
 
@@ -122,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-top-k", type=int)
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="serve the Realtime API, the REST endpoints and the voice demo")
+    _add_settings_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="measure speed against the reference implementation")
     p.add_argument("--sizes", default="tiny,full", help="checkpoint sizes to measure")

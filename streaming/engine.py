@@ -109,9 +109,10 @@ class EngineSession:
         self.closed = False
 
     def add_item(self, item_id: str, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
-                 after: str | None = None) -> None:
-        """A system, user or assistant item: text, and/or a user clip (16 kHz float32)."""
-        self._engine._command(self.id, "add", item_id, role, text, audio, after)
+                 after: str | None = None, first: bool = False) -> None:
+        """A system, user or assistant item: text, and/or a user clip (16 kHz float32); appended, or
+        placed after the item `after`, or first."""
+        self._engine._command(self.id, "add", item_id, role, text, audio, after, first)
 
     def delete_item(self, item_id: str) -> None:
         self._engine._command(self.id, "delete", item_id)
@@ -291,11 +292,11 @@ class Engine:
 
     # ---- commands (engine thread)
     def _cmd_add(self, slot: _Slot, item_id: str, role: str, text: str | None, audio: np.ndarray | None,
-                 after: str | None) -> None:
+                 after: str | None, first: bool) -> None:
         item = Item(item_id, role)
         if text is not None:
             item.segments.append(Segment(Modality.TEXT, self.tokenizer.encode(text)))
-        slot.conv.add(item, after=after)
+        slot.conv.add(item, after=after, first=first)
         if audio is not None:
             slot.encode_queue.append((item, audio))  # encoded in turn, one clip per iteration
         else:

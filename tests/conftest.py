@@ -32,3 +32,31 @@ def tiny(tiny_dir):
     from models.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def say(tmp_path_factory):
+    """say(text, rate=16000) -> real speech from espeak-ng as float32, trimmed to the speech itself."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    from streaming.audio import read_wav, resample
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed (apt-get install espeak-ng)")
+    folder = tmp_path_factory.mktemp("speech")
+    cache: dict = {}
+
+    def make(text: str, rate: int = 16_000):
+        if (text, rate) not in cache:
+            path = folder / f"{len(cache)}.wav"
+            subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+            x, src = read_wav(path)
+            x = resample(x, src, rate)
+            on = np.flatnonzero(np.abs(x) > 0.01)
+            cache[text, rate] = x[on[0]:on[-1] + 1]
+        return cache[text, rate]
+
+    return make

@@ -1,0 +1,134 @@
+"""The FastAPI application, assembled in a lifespan: load the checkpoint, warm up, start the engine; on
+shutdown stop accepting, let running responses finish up to a grace period, close sessions, stop the
+engine. Nothing touches the model at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from server.auth import Auth
+from server.metrics import Metrics
+from server.settings import Settings
+
+__all__ = ["AppState", "create_app"]
+
+log = logging.getLogger("lfm_audio")
+WEB_CLIENT = Path(__file__).resolve().parents[1] / "web_client"
+VERSION = "0.1.0"
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    auth: Auth
+    metrics: Metrics | None = None
+    engine: object | None = None  # streaming.engine.Engine, once loaded
+    checkpoint: object | None = None
+    model_name: str = ""
+    random_weights: bool = False
+    warmed_up: bool = False
+    accepting: bool = True
+    sessions: set = field(default_factory=set)  # live transport connections (each has an async close())
+    started: float = field(default_factory=time.monotonic)
+
+
+def _load(settings: Settings):
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from models.random_checkpoint import embedded_default
+    from streaming.engine import Engine, EngineConfig
+
+    source = settings.model or embedded_default()
+    ckpt = load_checkpoint(source, device=settings.device, dtype=getattr(torch, settings.dtype) if settings.dtype
+                           else None)
+    engine = Engine(ckpt, EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
+                                       prefill_budget=settings.prefill_budget, decoder=settings.decoder,
+                                       compile=settings.compile))
+    return ckpt, engine
+
+
+def _warm_up(engine) -> None:
+    """One short response on a throwaway session: first-call allocations, compilation if enabled."""
+    import threading
+
+    import numpy as np
+
+    from models.chat import CHAT_PROMPT
+    from streaming.messages import ResponseDone, ResponseRequest, SessionFailed
+
+    done = threading.Event()
+    failure: list[str] = []
+
+    def sink(event) -> None:
+        if isinstance(event, SessionFailed):
+            failure.append(event.message)
+        if isinstance(event, ResponseDone | SessionFailed):
+            done.set()
+
+    session = engine.open(sink)
+    session.add_item("sys", "system", text=CHAT_PROMPT)
+    session.add_item("u", "user", audio=np.zeros(16000, np.float32))
+    session.respond(ResponseRequest("warmup", "warmup_item", max_tokens=16))
+    done.wait(600)
+    session.close()
+    if failure:
+        raise RuntimeError(f"warm-up failed: {failure[0]}")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings, Auth(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if state.auth.open:
+            log.warning("NO API KEYS CONFIGURED: anyone who can reach %s:%s may use this server "
+                        "(set LFM_AUDIO_API_KEYS)", settings.host, settings.port)
+        t0 = time.perf_counter()
+        ckpt, engine = await asyncio.to_thread(_load, settings)
+        state.checkpoint, state.engine = ckpt, engine
+        state.model_name = ckpt.directory.name
+        state.random_weights = ckpt.random is not None
+        state.metrics = Metrics({"version": VERSION, "model": state.model_name, "decoder": engine.runner.decoder_name,
+                                 "device": settings.device})
+        if state.random_weights:
+            log.warning("the checkpoint %s has RANDOM WEIGHTS: the model's speech is noise. Serve a real "
+                        "LFM2-Audio checkpoint with --model DIR or a Hub id.", ckpt.directory)
+        engine.start()
+        await asyncio.to_thread(_warm_up, engine)
+        state.warmed_up = True
+        log.info("ready in %.1f s: model %s, decoder %s, %d slots", time.perf_counter() - t0, state.model_name,
+                 engine.runner.decoder_name, settings.max_sessions)
+        yield
+        state.accepting = False
+        deadline = time.monotonic() + settings.shutdown_grace_s
+        while any(getattr(s, "busy", False) for s in state.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*(s.close("server shutting down") for s in list(state.sessions)),
+                             return_exceptions=True)
+        engine.stop()
+
+    app = FastAPI(title="lfm-audio", version=VERSION, lifespan=lifespan)
+    app.state.lfm = state
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    from server import routes_ops, routes_rest, routes_ws
+
+    app.include_router(routes_ops.router)
+    app.include_router(routes_rest.router)
+    app.include_router(routes_ws.router)
+    if WEB_CLIENT.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_CLIENT, html=True), name="web_client")
+    return app

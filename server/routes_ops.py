@@ -1,0 +1,40 @@
+"""Operations: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Liveness: the process answers. No dependencies."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: loaded, warmed up, engine alive and not stuck. 503 otherwise."""
+    state = request.app.state.lfm
+    engine = state.engine
+    ready = bool(engine is not None and state.warmed_up and engine.ready and state.accepting)
+    body = {"status": "ready" if ready else "not ready", "model": state.model_name,
+            "random_weights": state.random_weights}
+    if engine is not None:
+        total = engine.config.max_sessions
+        body["slots"] = {"used": total - engine.slots_free, "total": total}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state = request.app.state.lfm
+    if state.metrics is None:
+        return Response("starting\n", status_code=503, media_type="text/plain")
+    state.metrics.update_from(state.engine.stats())
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)

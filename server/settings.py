@@ -1,0 +1,108 @@
+"""Server settings: one pydantic-settings class, read from `LFM_AUDIO_*` environment variables or CLI flags.
+
+Every field has a description: the `serve` command turns the fields into its flags.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ICE_SCHEMES", "Settings"]
+
+ICE_SCHEMES = ("stun:", "turn:", "turns:")
+
+
+def _split(value: Any) -> Any:
+    """A JSON list, or a comma-separated string (what fits in an environment variable)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a valid JSON list: {e}") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LFM_AUDIO_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 exposes the server to the network)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    model: str | None = Field(None, description="checkpoint directory or Hub id (default: the embedded tiny random "
+                                                "checkpoint, whose speech is noise)")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16"] | None = Field(
+        None, description="weights and activations dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    max_sessions: int = Field(8, ge=1, description="concurrent sessions (engine batch slots); more are refused")
+    max_context: int = Field(4096, ge=1, description="positions kept per session before the oldest turns are dropped")
+    prefill_budget: int = Field(256, ge=1, description="prefill positions per engine iteration (bounds the stall "
+                                                       "one long prefill causes everyone else's decode)")
+    decoder: Literal["auto", "mimi", "lfm2.5"] = Field("auto", description="speech detokenizer")
+    compile: bool = Field(False, description="torch.compile the decode step (slow start, faster steps)")
+    # repr=False: settings get logged, keys must not be
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="accepted API keys, comma-separated or a JSON list (empty: an open server, anyone may connect)")
+    secret_key: str | None = Field(
+        None, repr=False, min_length=16,
+        description="key that signs client secrets; set the same one on every replica (default: random per process)")
+    client_secret_ttl_s: int = Field(600, ge=10, le=7200, description="default lifetime of a client secret, seconds")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS, comma-separated or a JSON list (empty: no CORS)")
+    ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list, repr=False,  # TURN credentials
+        description='WebRTC ICE servers: a JSON list of {"urls": [...], "username": ..., "credential": ...}, or '
+                    "comma-separated stun:/turn: URLs (empty: no STUN/TURN server is ever contacted)")
+    max_input_buffer_s: float = Field(60.0, gt=0, description="most uncommitted input audio per session, seconds")
+    max_event_bytes: int = Field(1_000_000, ge=1, description="largest client event accepted, bytes")
+    max_response_tokens: int = Field(4096, ge=1, description="cap on a response's text tokens and audio frames")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="on shutdown, seconds sessions get to finish")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info",
+                                                                                         description="log level")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        if any(not k or k != k.strip() for k in value):
+            raise ValueError("API keys must be non-empty and have no surrounding spaces")
+        if any(k.startswith("ek_") for k in value):
+            raise ValueError("API keys must not start with 'ek_' (the client secret prefix)")
+        return value
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _ice(cls, value: Any) -> Any:
+        value = _split(value)
+        if not isinstance(value, list):
+            return value  # the type check reports it
+        out = []
+        for server in value:
+            if isinstance(server, str):  # a bare URL
+                server = {"urls": [server]}
+            if not isinstance(server, dict):
+                raise ValueError(f"an ICE server is a URL or a dict with 'urls', got {server!r}")
+            unknown = set(server) - {"urls", "username", "credential"}
+            if unknown:
+                raise ValueError(f"unknown ICE server keys {sorted(unknown)}: use urls, username, credential")
+            urls = server.get("urls")
+            urls = [urls] if isinstance(urls, str) else urls
+            if not urls or not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+                raise ValueError(f"an ICE server needs 'urls', a URL or a list of URLs, got {server!r}")
+            if any(not isinstance(server.get(k, ""), str) for k in ("username", "credential")):
+                raise ValueError("an ICE server's username and credential must be strings")
+            for url in urls:
+                if not url.lower().startswith(ICE_SCHEMES):
+                    raise ValueError(f"ICE server URL {url!r} must start with one of {', '.join(ICE_SCHEMES)}")
+            out.append({**server, "urls": urls})
+        return out

@@ -1,0 +1,500 @@
+"""One user's conversation, independent of the transport: input audio, turn detection, items,
+responses, barge-in, truncation, input transcription. It runs on the server's event loop; the engine's
+events hop onto the loop through `engine_sink`.
+
+The session owns the semantics; the transport adapters own the wire format. It emits typed events
+(below) that server/realtime.py turns into OpenAI Realtime events for both WebSocket and WebRTC.
+States: idle -> user speaking -> committed -> responding -> idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.chat import ASR_PROMPT, CHAT_PROMPT
+from streaming import messages as m
+from streaming.audio import AudioFormat, InputDecoder
+from streaming.engine import Engine, EngineSession
+from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector, VadConfig
+
+__all__ = [
+    "AudioCommitted", "ConvItem", "Part", "Response", "ResponseAudio", "ResponseDone", "ResponseStarted",
+    "ResponseText", "Session", "SessionConfig", "SessionError", "SpeechEvent", "Transcription", "TurnDetection",
+]
+
+log = logging.getLogger(__name__)
+IN_RATE = 16_000
+MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    vad: VadConfig = field(default_factory=VadConfig)
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    kind: str = "realtime"  # realtime | transcription
+    instructions: str = CHAT_PROMPT
+    input_format: AudioFormat = field(default_factory=lambda: AudioFormat("pcm16", 24000))
+    output_format: AudioFormat = field(default_factory=lambda: AudioFormat("pcm16", 24000))
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+    transcribe_input: bool = False  # audio.input.transcription set
+    output_audio: bool = True  # output_modalities ["audio"] (False: ["text"])
+    max_output_tokens: int = 1024
+    audio_temperature: float = 1.0
+    audio_top_k: int = 4
+    text_temperature: float = 0.0
+    seed: int | None = None
+
+
+# ---- conversation items as the client sees them
+@dataclass
+class Part:
+    type: str  # input_audio | input_text | output_audio | output_text
+    text: str | None = None  # input_text / output_text
+    transcript: str | None = None  # input_audio / output_audio
+    audio_ms: int = 0
+
+
+@dataclass
+class ConvItem:
+    id: str
+    role: str
+    content: list[Part] = field(default_factory=list)
+    status: str = "completed"
+
+
+@dataclass
+class Response:
+    id: str
+    item: ConvItem
+    audio: bool
+    status: str = "in_progress"
+    reason: str | None = None
+    usage: m.Usage = field(default_factory=m.Usage)
+    transcript: list[tuple[int, str]] = field(default_factory=list)  # (audio frames sent before it, text)
+    frames: int = 0
+    audio_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    speech_end: float | None = None  # wall time the user's speech ended (server VAD)
+    committed: float | None = None
+    first_audio: float | None = None
+    first_text: float | None = None
+    cancel_requested: bool = False
+
+
+# ---- events for the transport adapters
+@dataclass(frozen=True)
+class SpeechEvent:
+    kind: str  # started | stopped
+    audio_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True)
+class AudioCommitted:
+    item: ConvItem
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True)
+class ItemEvent:
+    kind: str  # added | deleted | truncated | retrieved | cleared (input buffer)
+    item: ConvItem | None
+    previous_item_id: str | None = None
+    audio_end_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Transcription:
+    item_id: str
+    delta: str | None = None  # a piece, or None when done
+    transcript: str | None = None  # the whole transcript, when done
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseStarted:
+    response: Response
+
+
+@dataclass(frozen=True)
+class ResponseText:
+    response: Response
+    delta: str
+
+
+@dataclass(frozen=True)
+class ResponseAudio:
+    response: Response
+    pcm: np.ndarray  # float32 24 kHz
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    response: Response
+
+
+@dataclass(frozen=True)
+class SessionError:
+    code: str
+    message: str
+    param: str | None = None
+    event_id: str | None = None
+    type: str = "invalid_request_error"
+    fatal: bool = False
+
+
+Event = SpeechEvent | AudioCommitted | ItemEvent | Transcription | ResponseStarted | ResponseText | ResponseAudio | \
+    ResponseDone | SessionError
+
+
+class Session:
+    def __init__(self, engine: Engine, emit: Callable[[Event], None], config: SessionConfig | None = None,
+                 *, max_buffer_s: float = 60.0, max_output_tokens: int = 4096) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.emit = emit
+        self.config = config or SessionConfig()
+        self.max_buffer_s = max_buffer_s
+        self.max_output_tokens_cap = max_output_tokens
+        self.engine = engine
+        self.handle: EngineSession = engine.open(self.engine_sink)  # EngineFull propagates: refused
+        self.items: list[ConvItem] = []
+        self.response: Response | None = None
+        self.responses: dict[str, Response] = {}
+        self.transcribing: dict[str, list[str]] = {}
+        self.closed = False
+        self.opened = time.monotonic()
+        self._decoder = InputDecoder(self.config.input_format)
+        self._vad = self._new_detector()
+        self._buffer = np.zeros(0, np.float32)  # 16 kHz input since the last commit
+        self._buffer_start_ms = 0  # session timeline ms of _buffer[0]
+        self._written_ms = 0.0  # total input written, ms
+        self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
+        self._vad_origin_ms = 0  # session ms where the detector's own timeline starts
+        self._engine_ids: set[str] = set()
+        self.stats = {"input_audio_s": 0.0}
+        self._set_instructions(self.config.instructions)
+
+    # ---- configuration
+    def update(self, config: SessionConfig) -> None:
+        old = self.config
+        self.config = config
+        if config.input_format != old.input_format:
+            self._decoder = InputDecoder(config.input_format)
+        if config.turn_detection != old.turn_detection:
+            if config.turn_detection is not None and self._vad is not None:
+                self._vad.set_config(config.turn_detection.vad)  # keeps its timeline and noise model
+            else:
+                self._vad = self._new_detector()
+                self._speech = None
+        if config.instructions != old.instructions:
+            self._set_instructions(config.instructions)
+
+    def _new_detector(self) -> TurnDetector | None:
+        td = self.config.turn_detection
+        self._vad_origin_ms = round(getattr(self, "_written_ms", 0.0))
+        return TurnDetector(td.vad) if td is not None else None
+
+    def _set_instructions(self, text: str) -> None:
+        if self.config.kind == "transcription":
+            text = ASR_PROMPT
+        if "instructions" in self._engine_ids:
+            self.handle.delete_item("instructions")
+        self.handle.add_item("instructions", "system", text=text, first=True)
+        self._engine_ids.add("instructions")
+
+    # ---- input audio
+    def append_audio(self, data: bytes, event_id: str | None = None) -> None:
+        self._take(self._decoder.decode(data), event_id)
+
+    def _take(self, pcm: np.ndarray, event_id: str | None = None) -> None:
+        if (len(self._buffer) + len(pcm)) / IN_RATE > self.max_buffer_s:
+            self.emit(SessionError("input_audio_buffer_overflow",
+                                   f"the input audio buffer holds at most {self.max_buffer_s:g} s; commit or clear it",
+                                   "audio", event_id))
+            return
+        self._buffer = np.concatenate([self._buffer, pcm])
+        self._written_ms += 1000 * len(pcm) / IN_RATE
+        self.stats["input_audio_s"] += len(pcm) / IN_RATE
+        if self._vad is not None:
+            for ev in self._vad.push(pcm):
+                self._on_vad(ev)
+
+    def _on_vad(self, ev: SpeechStarted | SpeechStopped) -> None:
+        # The detector counts from its own start; the protocol counts from the session's first audio.
+        td = self.config.turn_detection
+        if isinstance(ev, SpeechStarted):
+            start = ev.audio_start_ms + self._vad_origin_ms
+            item_id = new_id("item")
+            self._speech = (item_id, start, time.perf_counter())
+            self.emit(SpeechEvent("started", start, item_id))
+            if self.response is not None and td.interrupt_response:
+                self.cancel_response(reason="turn_detected", quiet=True)
+        elif self._speech is not None:
+            item_id, start_ms, _ = self._speech
+            self._speech = None
+            end = ev.audio_end_ms + self._vad_origin_ms
+            self.emit(SpeechEvent("stopped", end, item_id))
+            item = self._commit_range(item_id, max(start_ms - td.vad.prefix_padding_ms, self._buffer_start_ms), end)
+            if item is not None and td.create_response and self.config.kind == "realtime":
+                # When the user stopped speaking, for time-to-first-audio (the audio arrives in real time).
+                silence_s = (ev.audio_end_ms - (ev.speech_end_ms or ev.audio_end_ms)) / 1000
+                self.create_response(speech_end=time.perf_counter() - silence_s)
+
+    def commit(self, event_id: str | None = None) -> ConvItem | None:
+        """Manual turn (push-to-talk): the whole buffer becomes a user item."""
+        tail = self._decoder.flush()  # what the input resampler still holds back
+        if tail.size:
+            self._take(tail, event_id)
+        if 1000 * len(self._buffer) / IN_RATE < MIN_COMMIT_MS:
+            self.emit(SessionError("input_audio_buffer_commit_empty",
+                                   f"buffer too small: expected at least {MIN_COMMIT_MS} ms of audio, have "
+                                   f"{1000 * len(self._buffer) / IN_RATE:.0f} ms", None, event_id))
+            return None
+        item_id = self._speech[0] if self._speech else new_id("item")
+        self._speech = None
+        return self._commit_range(item_id, self._buffer_start_ms, round(self._written_ms))
+
+    def _commit_range(self, item_id: str, start_ms: int, end_ms: int) -> ConvItem | None:
+        a = max(0, round((start_ms - self._buffer_start_ms) * IN_RATE / 1000))
+        b = max(a, round((end_ms - self._buffer_start_ms) * IN_RATE / 1000))
+        clip = self._buffer[a:b]
+        self._buffer = self._buffer[b:]
+        self._buffer_start_ms = end_ms
+        if len(clip) < IN_RATE * MIN_COMMIT_MS // 1000:
+            return None
+        item = ConvItem(item_id, "user", [Part("input_audio", transcript=None, audio_ms=1000 * len(clip) // IN_RATE)])
+        previous = self.items[-1].id if self.items else None
+        self._add(item, audio=clip)
+        self.emit(AudioCommitted(item, previous))
+        if self.config.kind == "transcription" or self.config.transcribe_input:
+            self._transcribe(item)
+        return item
+
+    def clear_buffer(self) -> None:
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start_ms = round(self._written_ms)
+        self._speech = None
+        if self._vad is not None:
+            self._vad = self._new_detector()
+        self.emit(ItemEvent("cleared", None))
+
+    # ---- items
+    def _add(self, item: ConvItem, *, audio: np.ndarray | None = None, text: str | None = None,
+             after: str | None = None) -> None:
+        if after is None:
+            self.items.append(item)
+        else:
+            self.items.insert(self._index(after) + 1, item)
+        self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after)
+        self._engine_ids.add(item.id)
+
+    def _index(self, item_id: str) -> int:
+        for i, it in enumerate(self.items):
+            if it.id == item_id:
+                return i
+        raise KeyError(item_id)
+
+    def create_item(self, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
+                    item_id: str | None = None, previous_item_id: str | None = None,
+                    event_id: str | None = None) -> ConvItem | None:
+        item_id = item_id or new_id("item")
+        if any(it.id == item_id for it in self.items):
+            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            return None
+        if previous_item_id is not None and previous_item_id != "root" and not self._has(previous_item_id):
+            self.emit(SessionError("item_not_found", f"no item {previous_item_id!r}", "previous_item_id", event_id))
+            return None
+        content = []
+        if audio is not None:
+            content.append(Part("input_audio", audio_ms=1000 * len(audio) // IN_RATE))
+        if text is not None:
+            content.append(Part("input_text" if role != "assistant" else "output_text", text=text))
+        item = ConvItem(item_id, role, content)
+        previous = previous_item_id if previous_item_id not in (None, "root") else (
+            self.items[-1].id if self.items else None)
+        self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
+        self.emit(ItemEvent("added", item, previous))
+        if audio is not None and role == "user" and self.config.transcribe_input:
+            self._transcribe(item)
+        return item
+
+    def _has(self, item_id: str) -> bool:
+        return any(it.id == item_id for it in self.items)
+
+    def delete_item(self, item_id: str, event_id: str | None = None) -> None:
+        if not self._has(item_id):
+            self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
+            return
+        item = self.items.pop(self._index(item_id))
+        self.handle.delete_item(item_id)
+        self.emit(ItemEvent("deleted", item))
+
+    def retrieve_item(self, item_id: str, event_id: str | None = None) -> None:
+        if not self._has(item_id):
+            self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
+            return
+        self.emit(ItemEvent("retrieved", self.items[self._index(item_id)]))
+
+    def truncate(self, item_id: str, content_index: int, audio_end_ms: int, event_id: str | None = None) -> None:
+        """What the user heard of an assistant item: its audio (and the transcript spoken by then)."""
+        if not self._has(item_id):
+            self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
+            return
+        item = self.items[self._index(item_id)]
+        if item.role != "assistant" or not any(p.type == "output_audio" for p in item.content):
+            self.emit(SessionError("invalid_value", "only an assistant item with audio can be truncated",
+                                   "item_id", event_id))
+            return
+        part = next(p for p in item.content if p.type == "output_audio")
+        if audio_end_ms < 0 or audio_end_ms > part.audio_ms:
+            self.emit(SessionError("invalid_value", f"audio_end_ms must be in [0, {part.audio_ms}]", "audio_end_ms",
+                                   event_id))
+            return
+        frames = round(audio_end_ms / 80)
+        response = next((r for r in self.responses.values() if r.item is item), None)
+        if response is not None:
+            part.transcript = "".join(t for n, t in response.transcript if n < frames or (n == 0 and frames))
+        part.audio_ms = audio_end_ms
+        self.handle.truncate_item(item_id, audio_end_ms)
+        self.emit(ItemEvent("truncated", item, audio_end_ms=audio_end_ms))
+
+    # ---- responses
+    def create_response(self, *, max_output_tokens: int | None = None, output_audio: bool | None = None,
+                        event_id: str | None = None, speech_end: float | None = None) -> Response | None:
+        if self.config.kind == "transcription":
+            self.emit(SessionError("invalid_request", "a transcription session does not create responses",
+                                   None, event_id))
+            return None
+        if self.response is not None:
+            self.emit(SessionError("conversation_already_has_active_response",
+                                   f"response {self.response.id} is in progress; cancel it first", None, event_id))
+            return None
+        audio = self.config.output_audio if output_audio is None else output_audio
+        limit = min(max_output_tokens or self.config.max_output_tokens, self.max_output_tokens_cap)
+        item = ConvItem(new_id("item"), "assistant", [Part("output_audio" if audio else "output_text",
+                                                          transcript="" if audio else None,
+                                                          text=None if audio else "")], status="in_progress")
+        r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter())
+        self.response = r
+        self.responses[r.id] = r
+        if len(self.responses) > 64:  # keep the recent ones (for truncation)
+            self.responses.pop(next(iter(self.responses)))
+        self.items.append(item)
+        self._engine_ids.add(item.id)
+        cfg = self.config
+        self.handle.respond(m.ResponseRequest(
+            r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
+            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed))
+        self.emit(ResponseStarted(r))
+        return r
+
+    def cancel_response(self, reason: str = "client_cancelled", event_id: str | None = None,
+                        quiet: bool = False) -> None:
+        if self.response is None or self.response.cancel_requested:
+            if not quiet:
+                self.emit(SessionError("response_cancel_not_active", "there is no response in progress to cancel",
+                                       None, event_id))
+            return
+        self.response.cancel_requested = True
+        self.response.reason = reason
+        self.handle.cancel(reason)
+
+    # ---- input transcription (ASR on the user's clip, a second engine request)
+    def _transcribe(self, item: ConvItem) -> None:
+        rid = f"asr_{item.id}"
+        self.transcribing[rid] = []
+        self.handle.transcribe(item.id, rid)
+
+    # ---- engine events (engine thread -> loop)
+    def engine_sink(self, event: m.Event) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._on_engine_event, event)
+
+    def _on_engine_event(self, event: m.Event) -> None:
+        if self.closed:
+            return
+        if isinstance(event, m.TextDelta):
+            self._on_text(event)
+        elif isinstance(event, m.AudioDelta):
+            r = self.responses.get(event.response_id)
+            if r is not None and r is self.response and not r.cancel_requested:
+                r.first_audio = r.first_audio or time.perf_counter()
+                r.frames = event.frame + 1
+                r.audio_seconds += len(event.pcm) / 24000
+                part = r.item.content[0]
+                part.audio_ms = round(1000 * r.audio_seconds)
+                self.emit(ResponseAudio(r, event.pcm))
+        elif isinstance(event, m.ResponseDone):
+            self._on_done(event)
+        elif isinstance(event, m.SessionFailed):
+            self.emit(SessionError("server_error", f"the session failed: {event.message}", type="server_error",
+                                   fatal=True))
+            self.close()
+
+    def _on_text(self, event: m.TextDelta) -> None:
+        if event.response_id in self.transcribing:
+            self.transcribing[event.response_id].append(event.text)
+            self.emit(Transcription(event.response_id[4:], delta=event.text))
+            return
+        r = self.responses.get(event.response_id)
+        if r is None or r is not self.response or r.cancel_requested:
+            return
+        r.first_text = r.first_text or time.perf_counter()
+        r.transcript.append((r.frames, event.text))
+        part = r.item.content[0]
+        if r.audio:
+            part.transcript = (part.transcript or "") + event.text
+        else:
+            part.text = (part.text or "") + event.text
+        self.emit(ResponseText(r, event.text))
+
+    def _on_done(self, event: m.ResponseDone) -> None:
+        if event.response_id in self.transcribing:
+            pieces = self.transcribing.pop(event.response_id)
+            item_id = event.response_id[4:]
+            if event.status == m.Status.FAILED:
+                self.emit(Transcription(item_id, error=event.reason or "transcription failed"))
+                return
+            text = "".join(pieces).strip()
+            if self._has(item_id):
+                for p in self.items[self._index(item_id)].content:
+                    if p.type == "input_audio":
+                        p.transcript = text
+            self.emit(Transcription(item_id, transcript=text))
+            return
+        r = self.responses.get(event.response_id)
+        if r is None:
+            return
+        r.usage = event.usage
+        r.status = event.status.value
+        if event.status == m.Status.CANCELLED:
+            r.reason = r.reason or event.reason
+        elif event.status != m.Status.COMPLETED:
+            r.reason = event.reason
+        r.item.status = "completed" if r.status == "completed" else "incomplete"
+        if self.response is r:
+            self.response = None
+        self.emit(ResponseDone(r))
+
+    # ---- lifecycle
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.handle.close()
+
