@@ -86,6 +86,14 @@ def _warm_up(engine) -> None:
         raise RuntimeError(f"warm-up failed: {failure[0]}")
 
 
+async def _watch_loop(metrics: Metrics, period: float = 0.05) -> None:
+    """Measure how late the event loop wakes up: the model never runs on it, so this stays small."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period)
+        metrics.event_loop_lag(time.perf_counter() - t0 - period)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings, Auth(settings))
@@ -106,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("the checkpoint %s has RANDOM WEIGHTS: the model's speech is noise. Serve a real "
                         "LFM2-Audio checkpoint with --model DIR or a Hub id.", ckpt.directory)
         engine.start()
+        lag_task = asyncio.create_task(_watch_loop(state.metrics))
         await asyncio.to_thread(_warm_up, engine)
         state.warmed_up = True
         log.info("ready in %.1f s: model %s, decoder %s, %d slots", time.perf_counter() - t0, state.model_name,
@@ -117,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.sleep(0.05)
         await asyncio.gather(*(s.close("server shutting down") for s in list(state.sessions)),
                              return_exceptions=True)
+        lag_task.cancel()
         engine.stop()
 
     app = FastAPI(title="lfm-audio", version=VERSION, lifespan=lifespan)
@@ -124,11 +134,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-    from server import routes_ops, routes_rest, routes_ws
+    from server import routes_ops, routes_rest, routes_webrtc, routes_ws
 
     app.include_router(routes_ops.router)
     app.include_router(routes_rest.router)
     app.include_router(routes_ws.router)
+    app.include_router(routes_webrtc.router)
     if WEB_CLIENT.is_dir():
         app.mount("/", StaticFiles(directory=WEB_CLIENT, html=True), name="web_client")
     return app

@@ -22,6 +22,7 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 
 PREFILL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SESSION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+LOOP_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 RTF_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)  # above 1: slower than real time
 
 
@@ -57,6 +58,8 @@ class Metrics:
                               buckets=LATENCY_BUCKETS, registry=r)
         self.rtf = Histogram(p + "real_time_factor_ratio", "Generation time over audio duration, per response",
                              buckets=RTF_BUCKETS, registry=r)
+        self.loop_lag = Histogram(p + "event_loop_lag_seconds", "How late the server's event loop wakes up (a "
+                                  "blocked loop delays every client)", buckets=LOOP_BUCKETS, registry=r)
         self.prefill = Histogram(p + "prefill_duration_seconds", "One engine prefill chunk",
                                  buckets=PREFILL_BUCKETS, registry=r)
         self.step = Histogram(p + "decode_step_duration_seconds", "One batched decode step",
@@ -130,6 +133,9 @@ class Metrics:
             self.ttft.observe(ttft_s)
         if rtf is not None:
             self.rtf.observe(rtf)
+
+    def event_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(max(0.0, seconds))
 
     def update_from(self, stats: EngineStats) -> None:
         """Fold in a drained `Engine.stats()`: lists are new since the last drain, counters cumulative."""

@@ -2,7 +2,8 @@
 Session events -> server JSON events (each parses as `openai.types.realtime.RealtimeServerEvent`).
 
 One `RealtimeAdapter` per connection. The transport gives it `send(event: dict)`; on WebRTC it also gives
-`play(pcm24k)`, and the audio goes to the media track instead of `response.output_audio.delta` events.
+`play(pcm24k)`, and the audio goes to the media track instead of `response.output_audio.delta` events, and sets
+`player`: the track, which reports output_audio_buffer.started / stopped / cleared as the audio really goes out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from streaming import session as s
 from streaming.audio import AudioFormat, OutputEncoder, UnsupportedFormat
 from streaming.vad import VadConfig
 
-__all__ = ["CLOSE", "ProtocolError", "RealtimeAdapter", "apply_session_update", "session_object"]
+__all__ = ["CLOSE", "Player", "ProtocolError", "RealtimeAdapter", "apply_session_update", "session_object"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ class ProtocolError(Exception):
 
 
 CLOSE = {"type": "_close"}  # not sent: tells the transport to close after what is queued before it
+
+
+class Player(typing.Protocol):
+    """WebRTC's outgoing track, as the adapter drives it (besides `play`)."""
+
+    def start(self, response_id: str) -> None: ...  # what play() gets from now on is this response's audio
+
+    def end(self, response_id: str) -> None: ...  # that response has no more audio
+
+    def clear(self) -> None: ...  # drop everything queued, now
 
 
 def event_id() -> str:
@@ -154,6 +165,7 @@ class RealtimeAdapter:
         self.model = model
         self.max_event_bytes = max_event_bytes
         self.play = play  # WebRTC: audio goes to the media track
+        self.player: Player | None = None  # WebRTC: the track (output_audio_buffer.* come from it)
         self.on_response = on_response  # metrics hook: called with each finished Response
         self.session: s.Session | None = None
         self.session_id = f"sess_{secrets.token_hex(10)}"
@@ -193,8 +205,9 @@ class RealtimeAdapter:
             model.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            return self.error("invalid_value", f"{'.'.join(map(str, err['loc']))}: {err['msg']}",
-                              ".".join(map(str, err["loc"])), client_id)
+            # pydantic names the union branch it tried (a class name) in the location: not a field
+            param = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+            return self.error("invalid_value", f"{param}: {err['msg']}", param, client_id)
         try:
             getattr(self, "_on_" + data["type"].replace(".", "_"))(data, client_id)
         except ProtocolError as e:
@@ -272,10 +285,9 @@ class RealtimeAdapter:
         self.session.cancel_response("client_cancelled", cid)
 
     def _on_output_audio_buffer_clear(self, data: dict, cid: str | None) -> None:
-        r = self.session.response
         self.session.cancel_response("client_cancelled", cid, quiet=True)
-        if self.play is not None and r is not None:
-            self.emit("output_audio_buffer.cleared", response_id=r.id)
+        if self.player is not None:  # also audio of a response that is done but still playing
+            self.player.clear()
 
     # ---- server -> client
     def on_session_event(self, ev: s.Event) -> None:
@@ -288,9 +300,8 @@ class RealtimeAdapter:
         elif isinstance(ev, s.SpeechEvent):
             if ev.kind == "started":
                 self.emit("input_audio_buffer.speech_started", audio_start_ms=ev.audio_ms, item_id=ev.item_id)
-                r = self.session.response
-                if self.play is not None and r is not None and self.session.config.turn_detection.interrupt_response:
-                    self.emit("output_audio_buffer.cleared", response_id=r.id)
+                if self.player is not None and self.session.config.turn_detection.interrupt_response:
+                    self.player.clear()  # barge-in: even a finished response may still be playing
             else:
                 self.emit("input_audio_buffer.speech_stopped", audio_end_ms=ev.audio_ms, item_id=ev.item_id)
         elif isinstance(ev, s.AudioCommitted):
@@ -361,8 +372,8 @@ class RealtimeAdapter:
         previous = self.session.items[-2].id if len(self.session.items) > 1 else None
         self.emit("conversation.item.added", item={**item, "content": []}, previous_item_id=previous)
         self.emit("response.content_part.added", **self._where(r), part=_part_json(r, empty=True))
-        if self.play is not None and r.audio:
-            self.emit("output_audio_buffer.started", response_id=r.id)
+        if self.player is not None and r.audio:
+            self.player.start(r.id)
 
     def _response_done(self, r: s.Response) -> None:
         where = self._where(r)
@@ -379,8 +390,8 @@ class RealtimeAdapter:
         self.emit("response.output_item.done", response_id=r.id, output_index=0, item=item_json(r.item))
         self.emit("conversation.item.done", item=item_json(r.item))
         self.emit("response.done", response=response_json(r, self.session))
-        if self.play is not None and r.audio:
-            self.emit("output_audio_buffer.stopped", response_id=r.id)
+        if self.player is not None and r.audio:
+            self.player.end(r.id)
         if self.on_response is not None:
             self.on_response(r)
 

@@ -117,8 +117,10 @@ async def speech(body: SpeechRequest, request: Request, authorization: AuthHeade
         raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "invalid_value",
                                                    "param": "voice", "message": f"unknown voice {body.voice!r}; "
                                                    f"one of {sorted(VOICES)}"}})
-    cap = _state(request).settings.max_response_tokens
-    req = m.ResponseRequest("speech", "speech_item", m.Mode.TTS, max_tokens=min(cap, 2048), audio_temperature=0.8,
+    # Room for about a third of a second of speech per character: a real model ends well before (end of
+    # audio), and a random one cannot run for minutes.
+    limit = min(_state(request).settings.max_response_tokens, 64 + 4 * len(body.input))
+    req = m.ResponseRequest("speech", "speech_item", m.Mode.TTS, max_tokens=limit, audio_temperature=0.8,
                             audio_top_k=64)
     events = _one_shot(request, TTS_VOICES[voice], body.input, None, req)
     first = await anext(events)  # errors (full, not ready) surface as HTTP statuses before streaming starts

@@ -5,6 +5,7 @@ Every field has a description: the `serve` command turns the fields into its fla
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Annotated, Any, Literal
 
@@ -59,6 +60,10 @@ class Settings(BaseSettings):
         default_factory=list, repr=False,  # TURN credentials
         description='WebRTC ICE servers: a JSON list of {"urls": [...], "username": ..., "credential": ...}, or '
                     "comma-separated stun:/turn: URLs (empty: no STUN/TURN server is ever contacted)")
+    webrtc_host_addresses: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="WebRTC host candidate addresses, comma-separated or a JSON list (empty: every interface "
+                    "address but loopback, as aioice picks them; 127.0.0.1 for loopback-only tests)")
     max_input_buffer_s: float = Field(60.0, gt=0, description="most uncommitted input audio per session, seconds")
     max_event_bytes: int = Field(1_000_000, ge=1, description="largest client event accepted, bytes")
     max_response_tokens: int = Field(4096, ge=1, description="cap on a response's text tokens and audio frames")
@@ -66,7 +71,7 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info",
                                                                                          description="log level")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "webrtc_host_addresses", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         return _split(value)
@@ -78,6 +83,16 @@ class Settings(BaseSettings):
             raise ValueError("API keys must be non-empty and have no surrounding spaces")
         if any(k.startswith("ek_") for k in value):
             raise ValueError("API keys must not start with 'ek_' (the client secret prefix)")
+        return value
+
+    @field_validator("webrtc_host_addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"WebRTC host address {address!r} is not an IP address") from None
         return value
 
     @field_validator("ice_servers", mode="before")

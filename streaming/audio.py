@@ -6,6 +6,7 @@ from __future__ import annotations
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soxr
@@ -43,9 +44,9 @@ def float_to_pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 32768.0), -32768, 32767).astype("<i2")
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+def read_wav(path: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
     """A PCM WAV file (8/16/24/32-bit) as mono float32 in [-1, 1] and its sample rate."""
-    with wave.open(str(path), "rb") as f:
+    with wave.open(path if hasattr(path, "read") else str(path), "rb") as f:
         rate, width, channels = f.getframerate(), f.getsampwidth(), f.getnchannels()
         raw = f.readframes(f.getnframes())
     if width == 1:

@@ -100,6 +100,15 @@ class _Slot:
     ephemeral: bool = False  # closes itself after its response (transcriptions)
 
 
+STATS_KEPT = 10_000  # samples kept between two drains (a server nobody scrapes must not grow)
+
+
+def _record(samples: list, value: float) -> None:
+    samples.append(value)
+    if len(samples) > STATS_KEPT:
+        del samples[: len(samples) - STATS_KEPT]
+
+
 class EngineSession:
     """A session's handle on the engine. Every method only queues a command; results come as events."""
 
@@ -462,7 +471,7 @@ class Engine:
             self._fail(slot, f"prefill failed: {e}")
             return
         with self._lock:
-            self._stats.prefill_seconds.append(time.perf_counter() - t0)
+            _record(self._stats.prefill_seconds, time.perf_counter() - t0)
 
     def _decode(self, slots: list[_Slot]) -> None:
         t0 = time.perf_counter()
@@ -511,8 +520,8 @@ class Engine:
         self._last_step_s = elapsed
         with self._lock:
             self._stats.steps += 1
-            self._stats.step_seconds.append(elapsed)
-            self._stats.batch_sizes.append(len(slots))
+            _record(self._stats.step_seconds, elapsed)
+            _record(self._stats.batch_sizes, len(slots))
         for slot in slots:
             if slot.index in self._slots and slot.response is not None and slot.response.gen.done:
                 self._finish(slot, slot.response.gen.finish)

@@ -32,6 +32,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 IN_RATE = 16_000
 MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
+IDLE_KEEP_MS = 1000  # server VAD between turns: kept beyond prefix_padding_ms (covers the detector's delay)
 
 
 def new_id(prefix: str) -> str:
@@ -186,6 +187,7 @@ class Session:
         self._written_ms = 0.0  # total input written, ms
         self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
         self._vad_origin_ms = 0  # session ms where the detector's own timeline starts
+        self._next_response: dict | None = None  # requested while an interrupted one winds down
         self._engine_ids: set[str] = set()
         self.stats = {"input_audio_s": 0.0}
         self._set_instructions(self.config.instructions)
@@ -222,6 +224,11 @@ class Session:
     def append_audio(self, data: bytes, event_id: str | None = None) -> None:
         self._take(self._decoder.decode(data), event_id)
 
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Input already decoded to float32 mono at 16 kHz (a WebRTC track)."""
+        if not self.closed:
+            self._take(np.asarray(pcm, dtype=np.float32))
+
     def _take(self, pcm: np.ndarray, event_id: str | None = None) -> None:
         if (len(self._buffer) + len(pcm)) / IN_RATE > self.max_buffer_s:
             self.emit(SessionError("input_audio_buffer_overflow",
@@ -234,6 +241,18 @@ class Session:
         if self._vad is not None:
             for ev in self._vad.push(pcm):
                 self._on_vad(ev)
+            if self._speech is None:
+                self._drop_idle()
+
+    def _drop_idle(self) -> None:
+        """Server VAD between turns: only the last prefix_padding_ms can join a turn, so a client streaming
+        silence (a WebRTC mic always does) must not fill the buffer up to max_buffer_s. Whole ms, 1 s at a time."""
+        ms = IN_RATE // 1000
+        keep = (self.config.turn_detection.vad.prefix_padding_ms + IDLE_KEEP_MS) * ms
+        drop = (len(self._buffer) - keep) // ms * ms
+        if drop >= IN_RATE:
+            self._buffer = self._buffer[drop:]
+            self._buffer_start_ms += drop // ms
 
     def _on_vad(self, ev: SpeechStarted | SpeechStopped) -> None:
         # The detector counts from its own start; the protocol counts from the session's first audio.
@@ -381,6 +400,11 @@ class Session:
             self.emit(SessionError("invalid_request", "a transcription session does not create responses",
                                    None, event_id))
             return None
+        if self.response is not None and self.response.cancel_requested:
+            # The interrupted response is still winding down in the engine: start right after it.
+            self._next_response = {"max_output_tokens": max_output_tokens, "output_audio": output_audio,
+                                   "event_id": event_id, "speech_end": speech_end}
+            return None
         if self.response is not None:
             self.emit(SessionError("conversation_already_has_active_response",
                                    f"response {self.response.id} is in progress; cancel it first", None, event_id))
@@ -491,6 +515,9 @@ class Session:
         if self.response is r:
             self.response = None
         self.emit(ResponseDone(r))
+        if self._next_response is not None and self.response is None:
+            pending, self._next_response = self._next_response, None
+            self.create_response(**pending)
 
     # ---- lifecycle
     def close(self) -> None:

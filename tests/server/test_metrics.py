@@ -17,7 +17,7 @@ NAMES = {
     "lfm_audio_output_audio_seconds", "lfm_audio_errors", "lfm_audio_rejected_sessions", "lfm_audio_engine_slots_used",
     "lfm_audio_engine_slots_capacity", "lfm_audio_engine_ready", "lfm_audio_engine_prefill_queue_depth",
     "lfm_audio_engine_steps", "lfm_audio_engine_prefill_positions", "lfm_audio_engine_skipped_rows",
-    "lfm_audio_engine_sessions_failed", "lfm_audio_build_info",
+    "lfm_audio_engine_sessions_failed", "lfm_audio_build_info", "lfm_audio_event_loop_lag_seconds",
 }  # as the parser names families: counters without _total
 LABELS = {"transport", "since", "type", "reason", *BUILD_LABELS}  # small fixed sets: never a session id
 UNITLESS = {"lfm_audio_decode_batch_size"}  # a count of sessions

@@ -1,0 +1,222 @@
+"""POST /v1/realtime/calls: the OpenAI Realtime session over WebRTC, as OpenAI's flow.
+
+SDP offer in (`application/sdp`, or multipart with an `sdp` part and a `session` JSON part), SDP answer out.
+Events travel on the client's `oai-events` data channel, audio is Opus both ways. ICE is not trickled: the
+answer carries every candidate. Only the configured ICE servers are used (none by default: no STUN/TURN server
+is ever contacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import Annotated
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from server.connection import Connection, Refused
+from server.realtime import CLOSE
+from server.routes_ws import Outbox
+from server.settings import Settings
+from server.webrtc_tracks import SpeechTrack, read_audio
+
+__all__ = ["Call", "router"]
+
+router = APIRouter()
+log = logging.getLogger("lfm_audio.webrtc")
+CHANNEL = "oai-events"
+CONNECT_TIMEOUT_S = 15.0  # an answered call that never connects gives its slot back
+MAX_OFFER_BYTES = 100_000
+OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+
+
+class BadOffer(Exception):
+    pass
+
+
+class Call:
+    """One peer connection around one `Connection`: wires the tracks, the event channel and the peer's state,
+    and closes everything once (the session's slot first)."""
+
+    def __init__(self, call_id: str, conn: Connection, pc: RTCPeerConnection, track: SpeechTrack,
+                 outbox: Outbox) -> None:
+        self.id, self.conn, self.pc, self.track, self.outbox = call_id, conn, pc, track, outbox
+        self.channel = None
+        self.reader: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.closed = False
+        conn.close_hook = self.close
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_channel)
+        pc.on("connectionstatechange", self._on_state)
+
+    def info(self, msg: str, *args: object) -> None:
+        log.info("%s " + msg, self.id, *args)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _on_track(self, track) -> None:
+        if track.kind == "audio" and self.reader is None:
+            self.reader = self.spawn(read_audio(track, self._push))
+
+    def _push(self, pcm) -> None:
+        if not self.closed and self.conn.session is not None:
+            self.conn.session.push_audio(pcm)
+
+    def _on_channel(self, channel) -> None:
+        if channel.label != CHANNEL or self.channel is not None:
+            self.info("ignoring data channel %r", channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.spawn(self.close("data channel closed")))
+        self.spawn(self._write())  # what was sent before (session.created) goes out now
+
+    def _on_message(self, message: str | bytes) -> None:
+        if not self.closed:
+            self.conn.adapter.handle_text(message)
+
+    async def _write(self) -> None:
+        while True:
+            event = await self.outbox.get()
+            if event is CLOSE:  # the session failed: close once what came before it is out
+                await self.close("session failed")
+                return
+            try:
+                self.channel.send(json.dumps(event))
+            except InvalidStateError:  # the channel closed under us; its close event ends the call
+                return
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        self.info("connection %s", state)
+        if state in ("failed", "closed"):
+            await self.close(f"connection {state}")
+
+    async def watch(self) -> None:
+        await asyncio.sleep(CONNECT_TIMEOUT_S)
+        if self.pc.connectionState != "connected" or self.channel is None:
+            await self.close("never connected")
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.info("closing: %s", reason)
+        self.conn.finish(call=self.id, reason=reason)  # frees the engine slot at once
+        self.track.stop()
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await self.pc.close()
+
+
+def _error(status: int, error: dict) -> JSONResponse:
+    return JSONResponse({"error": error}, status, headers={"Retry-After": "1"} if status == 503 else None)
+
+
+def _bad(message: str) -> JSONResponse:
+    return _error(400, {"type": "invalid_request_error", "code": "invalid_offer", "message": message})
+
+
+async def _offer(request: Request) -> tuple[str, dict | None]:
+    """The SDP offer and the optional session config, from either body OpenAI accepts."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/sdp":
+        body = await request.body()
+        if len(body) > MAX_OFFER_BYTES:
+            raise BadOffer(f"the offer is larger than {MAX_OFFER_BYTES} bytes")
+        return body.decode("utf-8", "replace"), None
+    if kind != "multipart/form-data":
+        raise BadOffer("send the SDP offer as application/sdp, or as multipart/form-data with an `sdp` part and "
+                       "an optional `session` JSON part")
+    try:
+        form = await request.form(max_files=2, max_fields=4, max_part_size=MAX_OFFER_BYTES)
+    except HTTPException as e:  # starlette's multipart errors
+        raise BadOffer(f"bad multipart body: {e.detail}") from None
+    parts = {}
+    for name in ("sdp", "session"):
+        value = form.get(name)
+        parts[name] = (await value.read()).decode("utf-8", "replace") if isinstance(value, UploadFile) else value
+    if not parts["sdp"]:
+        raise BadOffer("the multipart body has no `sdp` part")
+    session = None
+    if parts["session"]:
+        try:
+            session = json.loads(parts["session"])
+        except json.JSONDecodeError as e:
+            raise BadOffer(f"the `session` part is not valid JSON: {e}") from None
+        if not isinstance(session, dict):
+            raise BadOffer("the `session` part must be a JSON object")
+    return parts["sdp"], session
+
+
+def _peer(settings: Settings) -> RTCPeerConnection:
+    if settings.webrtc_host_addresses:
+        # aioice gathers from every interface but loopback and has no per-connection option: the setting
+        # replaces its lookup, process-wide (one server per process).
+        addresses = list(settings.webrtc_host_addresses)
+        aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: [
+            a for a in addresses if (use_ipv6 if ":" in a else use_ipv4)]
+    # Always an explicit list: given None, aiortc falls back to a public Google STUN server.
+    servers = [RTCIceServer(**server) for server in settings.ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+@router.post("/v1/realtime/calls", status_code=201, response_class=Response)
+async def calls(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
+    state = request.app.state.lfm
+    call_id = f"rtc_{secrets.token_hex(12)}"
+    outbox = Outbox()
+    track = SpeechTrack(lambda type_, **fields: conn.adapter.emit(type_, **fields))
+    conn = Connection(state, "webrtc", outbox.put, play=track.play)
+    conn.adapter.player = track
+    try:
+        secret_session = conn.admit(authorization, [])  # before anything else: refused clients cost nothing
+        sdp, update = await _offer(request)
+    except Refused as r:
+        return _error(r.http_status, r.event()["error"])
+    except BadOffer as e:
+        return _bad(str(e))
+
+    pc = _peer(state.settings)
+    transceiver = pc.addTransceiver(track, direction="sendrecv")
+    transceiver.setCodecPreferences(OPUS)
+    call = Call(call_id, conn, pc, track, outbox)
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if transceiver.mid is None:
+            raise BadOffer("the offer has no audio m-line")
+        if pc.sctp is None:
+            raise BadOffer(f"the offer has no data channel: create {CHANNEL!r} before the offer")
+    except BadOffer as e:
+        await call.close("bad offer")
+        return _bad(str(e))
+    except Exception as e:  # aiortc raises many kinds on a malformed or unusable offer
+        await call.close("bad offer")
+        return _bad(f"the offer was refused ({type(e).__name__}: {e}); its audio must offer Opus")
+    try:
+        conn.open(secret_session, update)
+    except Refused as r:
+        await call.close("refused")
+        return _error(r.http_status, r.event()["error"])
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate first
+    except BaseException:
+        await call.close("answer failed")
+        raise
+    call.spawn(call.watch())
+    call.info("answered for session %s", conn.adapter.session_id)
+    return Response(pc.localDescription.sdp, 201, media_type="application/sdp",
+                    headers={"Location": f"/v1/realtime/calls/{call_id}"})
