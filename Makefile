@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/lfm-audio generate --mode chat --text "Hello! How are you today?" --out out.wav
+	$(BIN)/lfm-audio serve
 
 test: $(STAMP)
 	$(BIN)/ruff check .

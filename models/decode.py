@@ -66,36 +66,46 @@ def decode_step(
 def sample_items(
     model: LFM2AudioModel,
     h: Tensor,
-    want: list[Modality],
-    sampling: list[RowSampling],
+    want: list[Modality | None],
+    sampling: list[RowSampling | None],
     compiled: CompiledSteps | None = None,
-) -> list[int | tuple[int, ...]]:
-    """Sample the next item of each row from its backbone output h [B, hidden]."""
-    out: list[int | tuple[int, ...]] = [0] * len(want)
-    text_rows = [b for b, m in enumerate(want) if m == Modality.TEXT]
-    audio_rows = [b for b, m in enumerate(want) if m == Modality.AUDIO_OUT]
-    if text_rows:
-        t, k = _params([sampling[b].text for b in text_rows], h.device)
-        gens = [sampling[b].generator for b in text_rows]
-        tokens = sample(model.text_logits(h[text_rows]), t, k, gens)
-        for b, tok in zip(text_rows, tokens.tolist(), strict=True):
-            out[b] = tok
-    if audio_rows:
-        params = [sampling[b].audio for b in audio_rows]
+    all_rows: bool = False,
+) -> list[int | tuple[int, ...] | None]:
+    """Sample the next item of each row from its backbone output h [B, hidden] (None where want is None).
+    all_rows: run the heads over every row of h, whatever each row wants, so that a row's result never
+    depends on which other rows share the batch (the matrix products then always have the same shape)."""
+    out: list[int | tuple[int, ...] | None] = [None] * len(want)
+    for kind in (Modality.TEXT, Modality.AUDIO_OUT):
+        rows = [b for b, w in enumerate(want) if w == kind]
+        if not rows:
+            continue
+        run = list(range(len(want))) if all_rows else rows
+        params = [_params_of(sampling[b], kind) if b in rows else SamplingParams() for b in run]
+        gens = [sampling[b].generator if b in rows else None for b in run]
         t, k = _params(params, h.device)
         greedy = [p.greedy for p in params]
-        gens = [sampling[b].generator for b in audio_rows]
-        if compiled is not None:
+        if kind == Modality.TEXT:
+            values = sample(model.text_logits(h[run]), t, k, gens).tolist()
+        elif compiled is not None:
             noise = draw_noise(gens, greedy, (model.cfg.codebooks, AUDIO_VOCAB), h.device)
-            frames = compiled.audio_frame(h[audio_rows], t, k, noise)
+            values = [tuple(f) for f in compiled.audio_frame(h[run], t, k, noise).tolist()]
         elif all(greedy):
-            frames = model.audio_frame(h[audio_rows], lambda i, logits: logits.argmax(-1))
+            values = [tuple(f) for f in model.audio_frame(h[run], lambda i, logits: logits.argmax(-1)).tolist()]
         else:
             noise = draw_noise(gens, greedy, (model.cfg.codebooks, AUDIO_VOCAB), h.device)
-            frames = model.audio_frame(h[audio_rows], lambda i, logits: sample_with_noise(logits, t, k, noise[:, i]))
-        for b, f in zip(audio_rows, frames.tolist(), strict=True):
-            out[b] = tuple(f)
+            def pick(i: int, logits: Tensor, t: Tensor = t, k: Tensor = k, n: Tensor = noise) -> Tensor:
+                return sample_with_noise(logits, t, k, n[:, i])
+
+            frames = model.audio_frame(h[run], pick)
+            values = [tuple(f) for f in frames.tolist()]
+        for b, value in zip(run, values, strict=True):
+            if b in rows:
+                out[b] = value
     return out
+
+
+def _params_of(s: RowSampling, kind: Modality) -> SamplingParams:
+    return s.text if kind == Modality.TEXT else s.audio
 
 
 def _params(params: list[SamplingParams], device: torch.device) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -113,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.random_weights:
             log.warning("the checkpoint %s has RANDOM WEIGHTS: the model's speech is noise. Serve a real "
                         "LFM2-Audio checkpoint with --model DIR or a Hub id.", ckpt.directory)
+        # The engine thread runs Python between its tensor ops: hand the GIL back to the event loop more
+        # often than the default 5 ms, so that the loop is never late by more than a few milliseconds.
+        sys.setswitchinterval(0.001)
         engine.start()
         lag_task = asyncio.create_task(_watch_loop(state.metrics))
         await asyncio.to_thread(_warm_up, engine)

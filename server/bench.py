@@ -121,6 +121,37 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def protocol_costs(n: int = 2000) -> dict[str, float]:
+    """Event-loop work per 80 ms audio frame on the WebSocket path, microseconds: encoding the PCM,
+    base64, the JSON event; and the input side for 80 ms of microphone audio."""
+    import base64
+
+    import numpy as np
+
+    from streaming.audio import AudioFormat, InputDecoder, OutputEncoder
+
+    rng = np.random.default_rng(0)
+    frame = (0.1 * rng.standard_normal(1920)).astype(np.float32)
+    out: dict[str, float] = {}
+    for name, fmt in (("pcm16", AudioFormat("pcm16", 24000)), ("g711_ulaw", AudioFormat("pcmu", 8000))):
+        enc = OutputEncoder(fmt)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            data = enc.encode(frame)
+            json.dumps({"type": "response.output_audio.delta", "event_id": "event_x", "response_id": "resp_x",
+                        "item_id": "item_x", "output_index": 0, "content_index": 0,
+                        "delta": base64.b64encode(data).decode()})
+        out[f"send_{name}_us"] = 1e6 * (time.perf_counter() - t0) / n
+    mic = base64.b64encode((0.1 * rng.standard_normal(1920) * 32767).astype("<i2").tobytes()).decode()
+    dec = InputDecoder(AudioFormat("pcm16", 24000))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        event = json.loads(json.dumps({"type": "input_audio_buffer.append", "audio": mic}))
+        dec.decode(base64.b64decode(event["audio"]))
+    out["receive_pcm16_us"] = 1e6 * (time.perf_counter() - t0) / n
+    return out
+
+
 def run_single_bench(args: argparse.Namespace, ref_python: str | None) -> None:
     out: Path = args.out
     results = []
@@ -136,8 +167,12 @@ def run_single_bench(args: argparse.Namespace, ref_python: str | None) -> None:
         for label, r in runs.items():
             print(f"[{size}] {label}: {_fps(r):.1f} frames/s", file=sys.stderr)
         results.append({"size": size, "items": items, "runs": runs})
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
-    (out / "bench.md").write_text(_markdown(results, args.threads))
+    costs = protocol_costs()
+    (out / "bench.json").write_text(json.dumps({"single": results, "protocol_us_per_frame": costs}, indent=2))
+    md = _markdown(results, args.threads) + "\n## Event-loop work per 80 ms audio frame (WebSocket JSON + base64)\n\n"
+    md += "| step | microseconds | share of the 80 ms frame |\n|---|---|---|\n"
+    md += "".join(f"| {k[:-3]} | {v:.0f} | {v / 80000:.3%} |\n" for k, v in costs.items())
+    (out / "bench.md").write_text(md)
     print((out / "bench.md").read_text())
 
 

@@ -90,7 +90,11 @@ class Call:
     async def _write(self) -> None:
         while True:
             event = await self.outbox.get()
-            if event is CLOSE:  # the session failed: close once what came before it is out
+            if event is CLOSE:  # the session failed: close once what came before it (the error) is out
+                for _ in range(50):
+                    if not self.channel.bufferedAmount:
+                        break
+                    await asyncio.sleep(0.02)
                 await self.close("session failed")
                 return
             try:
@@ -116,7 +120,7 @@ class Call:
         self.info("closing: %s", reason)
         self.conn.finish(call=self.id, reason=reason)  # frees the engine slot at once
         self.track.stop()
-        for task in self.tasks:
+        for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         await self.pc.close()

@@ -54,7 +54,6 @@ class SpeechTrack(MediaStreamTrack):
         if self.current is not None:
             self.end(self.current)
         self.current = response_id
-        self._resampler.reset()
 
     def play(self, pcm: np.ndarray) -> None:
         if self.current is not None:  # None: cleared, the rest of that response is dropped

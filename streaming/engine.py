@@ -62,6 +62,7 @@ class EngineConfig:
     prefill_budget: int = 256  # prefill positions per iteration, over all slots
     decoder: str = "auto"  # auto | mimi | lfm2.5
     compile: bool = False  # torch.compile the static-shape decode step (models/compiled.py)
+    static_batch: bool = True  # decode steps run every slot (masked): results independent of the batch
     saturated_step_s: float = 0.06  # a decode step slower than this means the machine is saturated
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
@@ -142,6 +143,7 @@ class EngineSession:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._engine._closing_session(self.id)
             self._engine._command(self.id, "close")
 
 
@@ -150,14 +152,17 @@ class Engine:
         self.ckpt = ckpt
         self.config = config or EngineConfig()
         self.runner = Runner(ckpt, slots=self.config.max_sessions, capacity=self.config.max_context,
-                             decoder=self.config.decoder, compile=self.config.compile)
+                             decoder=self.config.decoder, compile=self.config.compile,
+                             static=self.config.static_batch)
         self.tokenizer = ckpt.tokenizer
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._slots: dict[int, _Slot] = {}  # slot index -> slot
         self._by_session: dict[int, _Slot] = {}
         self._free = list(range(self.config.max_sessions))
         self._lock = threading.Lock()  # guards _free/_reserved and stats
-        self._reserved = 0
+        self._reserved = 0  # sessions opened whose slot the engine thread has not taken yet
+        self._holding: set[int] = set()  # sessions that hold a slot
+        self._closing: set[int] = set()  # ... and were closed, the engine thread not having freed it yet
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -198,13 +203,22 @@ class Engine:
     @property
     def slots_free(self) -> int:
         with self._lock:
-            return len(self._free) - self._reserved
+            return self._available()
+
+    def _available(self) -> int:
+        # Commands run in order: a slot being closed is free by the time a later open is applied.
+        return len(self._free) - self._reserved + len(self._closing)
+
+    def _closing_session(self, session: int) -> None:
+        with self._lock:
+            if session in self._holding:
+                self._closing.add(session)
 
     # ---- sessions
     def open(self, sink: Callable[[Event], None]) -> EngineSession:
         """A new session on a free slot, or EngineFull."""
         with self._lock:
-            if len(self._free) - self._reserved <= 0:
+            if self._available() <= 0:
                 raise EngineFull(f"all {self.config.max_sessions} sessions are in use")
             self._reserved += 1
         session = EngineSession(self, next(self._ids))
@@ -266,11 +280,17 @@ class Engine:
             log.exception("session %d: %s failed", session, kind)
             self._fail(slot, f"{kind} failed: {e}")
 
-    def _open_slot(self, session: int, sink: Callable[[Event], None], ephemeral: bool = False) -> _Slot:
+    def _open_slot(self, session: int, sink: Callable[[Event], None], ephemeral: bool = False) -> _Slot | None:
         with self._lock:
-            index = self._free.pop(0)
             if not ephemeral:
                 self._reserved -= 1
+            if not self._free:  # an ephemeral request found none; for a session, admission prevents this
+                if not ephemeral:
+                    log.error("no free slot for session %d", session)
+                    sink(SessionFailed("no free slot"))
+                return None
+            index = self._free.pop(0)
+            self._holding.add(session)
         self.runner.reset(index)
         slot = _Slot(index, session, sink, Conversation(self.tokenizer), ephemeral=ephemeral)
         self._slots[index] = slot
@@ -283,6 +303,8 @@ class Engine:
             del self._by_session[slot.session]
         with self._lock:
             self._free.append(slot.index)
+            self._holding.discard(slot.session)
+            self._closing.discard(slot.session)
 
     def _emit(self, slot: _Slot, event: Event) -> None:
         try:
@@ -366,9 +388,10 @@ class Engine:
         if clip is None:
             return refuse(f"item {item_id} has no audio")
         with self._lock:
-            if len(self._free) - self._reserved <= 0:
-                return refuse("no free slot for transcription")
-        helper = self._open_slot(-next(self._ids), slot.sink, ephemeral=True)
+            spare = len(self._free) - self._reserved > 0  # never a slot promised to a session being opened
+        helper = self._open_slot(-next(self._ids), slot.sink, ephemeral=True) if spare else None
+        if helper is None:
+            return refuse("no free slot for transcription")
         helper.conv.add(Item("system", "system", [Segment(Modality.TEXT, self.tokenizer.encode(ASR_PROMPT))]))
         helper.conv.add(Item(item_id, "user", [clip]))
         self._start_response(helper, ResponseRequest(response_id, item_id, Mode.ASR, max_tokens=512, audio=False,

@@ -16,7 +16,6 @@ from models.decode import RowSampling, prefill, sample_items
 from models.generation import Modality
 from models.lfm2 import BackboneState
 from models.mel import log_mel
-from models.sampling import SamplingParams
 from models.speech import SpeechDecoder, pick_decoder
 
 __all__ = ["Runner"]
@@ -24,13 +23,14 @@ __all__ = ["Runner"]
 
 class Runner:
     def __init__(self, ckpt: Checkpoint, *, slots: int, capacity: int, decoder: str = "auto",
-                 compile: bool = False) -> None:
+                 compile: bool = False, static: bool = True) -> None:
         self.model = ckpt.model
         self.slots = slots
         self.capacity = capacity
         m = self.model
         self.state = BackboneState.allocate(m.cfg.lfm, slots, capacity, device=m.device, dtype=m.dtype)
         self.speech = SpeechDecoder(pick_decoder(ckpt, decoder), rows=slots)
+        self.static = static or compile
         self.compiled = None
         if compile:
             from models.compiled import CompiledSteps
@@ -66,26 +66,40 @@ class Runner:
         sampling: list[RowSampling],
     ) -> list[int | tuple[int, ...]]:
         """One step for a batch of slots. Row b either feeds its last item through the backbone
-        (feeds[b]) or already has its hidden state (hidden[b], the step right after a prefill)."""
+        (feeds[b]) or already has its hidden state (hidden[b], the step right after a prefill).
+        With `static` (the default), every matrix product runs over all slots, masked: a session's
+        numbers never depend on who else is in the batch, and the shapes never change (compile, CUDA
+        graphs). Without it, only the batch's rows run, which is cheaper on a CPU at low occupancy."""
         m = self.model
-        h = torch.empty(len(slots), m.cfg.lfm.hidden_size, dtype=m.dtype, device=m.device)
-        step_rows = [b for b, f in enumerate(feeds) if f is not None]
-        if step_rows:
-            x = self._embed_feeds([feeds[b] for b in step_rows])
-            rows = [slots[b] for b in step_rows]
-            pos = [positions[b] for b in step_rows]
+        rows = slots if not self.static else list(range(self.slots))
+        index = {slot: r for r, slot in enumerate(rows)}
+        h = torch.zeros(len(rows), m.cfg.lfm.hidden_size, dtype=m.dtype, device=m.device)
+        step = [b for b, f in enumerate(feeds) if f is not None]
+        if step:
+            x = torch.zeros_like(h)
+            pos = torch.zeros(len(rows), dtype=torch.long)
+            active = torch.zeros(len(rows), dtype=torch.bool)
+            at = [index[slots[b]] for b in step]
+            x[at] = self._embed_feeds([feeds[b] for b in step])
+            pos[at] = torch.tensor([positions[b] for b in step])
+            active[at] = True
             if self.compiled is not None:
-                h[step_rows] = self._compiled_step(rows, pos, x)
+                out = self.compiled.backbone_step(x, pos.to(m.device), active.to(m.device))
+            elif self.static:
+                out = m.lfm(x[:, None], self.state, pos, active=active.to(m.device), kv_len=self.capacity)[:, 0]
             else:
-                out = m.lfm(x[:, None], self.state, torch.tensor(pos), rows=torch.tensor(rows, device=m.device),
-                            kv_len=max(pos) + 1)
-                h[step_rows] = out[:, 0]
+                out = m.lfm(x[:, None], self.state, pos, rows=torch.tensor(rows, device=m.device),
+                            active=active.to(m.device), kv_len=int(pos.max()) + 1)[:, 0]
+            h[at] = out[at]
         for b, hb in enumerate(hidden):
             if hb is not None:
-                h[b] = hb
-        if self.compiled is not None:
-            return self._compiled_sample(h, want, sampling)
-        return sample_items(m, h, want, sampling)
+                h[index[slots[b]]] = hb
+        want_all: list[Modality | None] = [None] * len(rows)
+        sampling_all: list[RowSampling | None] = [None] * len(rows)
+        for b, slot in enumerate(slots):
+            want_all[index[slot]], sampling_all[index[slot]] = want[b], sampling[b]
+        items = sample_items(m, h, want_all, sampling_all, self.compiled, all_rows=self.static)
+        return [items[index[slot]] for slot in slots]
 
     def _embed_feeds(self, feeds: list[tuple[Modality, int | tuple[int, ...]]]) -> Tensor:
         m = self.model
@@ -97,26 +111,6 @@ class Runner:
         if audio:
             x[audio] = m.embed_frames(torch.tensor([feeds[b][1] for b in audio], device=m.device))
         return x
-
-    def _compiled_step(self, rows: list[int], positions: list[int], x: Tensor) -> Tensor:
-        # Shape-static: all slots run, only `rows` write state.
-        m = self.model
-        x_all = torch.zeros(self.slots, x.shape[-1], dtype=m.dtype, device=m.device)
-        pos = torch.zeros(self.slots, dtype=torch.long, device=m.device)
-        active = torch.zeros(self.slots, dtype=torch.bool, device=m.device)
-        idx = torch.tensor(rows, device=m.device)
-        x_all[idx], pos[idx], active[idx] = x, torch.tensor(positions, device=m.device), True
-        return self.compiled.backbone_step(x_all, pos, active)[idx]
-
-    def _compiled_sample(self, h: Tensor, want: list[Modality], sampling: list[RowSampling]) -> list:
-        # Pad the batch to all slots so that the compiled frame keeps one shape.
-        B = h.shape[0]
-        pad = self.slots - B
-        if pad > 0:
-            h = torch.cat([h, h.new_zeros(pad, h.shape[-1])])
-            want = want + [Modality.AUDIO_OUT] * pad
-            sampling = sampling + [RowSampling(SamplingParams(), SamplingParams())] * pad
-        return sample_items(self.model, h, want, sampling, self.compiled)[:B]
 
     @torch.inference_mode()
     def speak(self, slots: list[int], frames: list[tuple[int, ...]]) -> list[np.ndarray]:

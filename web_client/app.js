@@ -31,6 +31,10 @@ function loadSettings() {
       document.querySelector(`input[name=mode][value="${value === 'vad' ? 'vad' : 'ptt'}"]`).checked = true;
       continue;
     }
+    if (name === 'mic') {
+      S.wantedMic = value; // its option appears once the devices are listed
+      continue;
+    }
     const el = form.elements[name];
     if (el.type === 'checkbox') el.checked = value === true || value === '1' || value === 'true';
     else el.value = value;
@@ -43,7 +47,7 @@ function settings() {
   return {
     transport: f.transport.value,
     mode: document.querySelector('input[name=mode]:checked').value,
-    micId: f.mic.value,
+    micId: S.wantedMic,
     vadSilenceMs: num('vad_silence_ms') ?? 500,
     maxTokens: num('max_tokens'),
     audioTemperature: num('audio_temperature'),
@@ -60,6 +64,7 @@ function saveSettings() {
   const f = form.elements;
   const out = {mode: settings().mode};
   for (const name of FIELDS) out[name] = f[name].type === 'checkbox' ? f[name].checked : f[name].value;
+  out.mic = S.wantedMic;
   try {
     localStorage.setItem(STORE, JSON.stringify(out));
   } catch {
@@ -69,7 +74,13 @@ function saveSettings() {
 
 function iceServers(text) {
   if (!text) return [];
-  if (text.startsWith('[')) return JSON.parse(text);
+  if (text.startsWith('[')) {
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new Refused('protocol', `The ICE servers setting is not a valid JSON list: ${e.message}`);
+    }
+  }
   return text.split(',').map((u) => u.trim()).filter(Boolean).map((u) => ({urls: [u]}));
 }
 
@@ -108,7 +119,9 @@ const S = {
   turnEnd: null, // when the user's turn ended (speech_stopped or push-to-talk release)
   outMuted: false, // WebRTC: the remote audio element is muted after a barge-in
   playerPlaying: false, // WebSocket: the player worklet has audio
+  rtcPlaying: false, // WebRTC: the server's track is sending a response (output_audio_buffer.started .. stopped)
   remoteEl: null,
+  wantedMic: '', // the chosen microphone's deviceId ('' is the default one)
   pendingUpdates: [], // session.update events awaiting session.updated: {id, rtt, at}
   timers: [],
   lastAudible: 0,
@@ -129,7 +142,8 @@ const demo = {
   rttMs: null,
   errors: [],
   error: null,
-  transcript: () => [...document.querySelectorAll('#transcript li')].map((li) => ({
+  log: [], // [ms, event type, response or item id] of recent server events (not audio deltas)
+  transcript: () => [...document.querySelectorAll('#transcript li[data-role]')].map((li) => ({
     role: li.dataset.role, item: li.dataset.item, text: li.querySelector('.text').textContent,
     interrupted: li.classList.contains('interrupted')})),
   resetPeaks() {
@@ -177,7 +191,7 @@ function renderTalk() {
 }
 
 function assistantAudible() {
-  return now() - S.lastAudible < 250 || S.playerPlaying;
+  return now() - S.lastAudible < 250 || S.playerPlaying || S.rtcPlaying;
 }
 
 // ---- errors
@@ -233,7 +247,12 @@ async function connect() {
   try {
     await audio.start();
     demo.sampleRate = audio.ctx.sampleRate;
-    await audio.openMic(s.micId);
+    try {
+      await audio.openMic(s.micId);
+    } catch (e) {
+      if (!(e instanceof MicError && e.kind === 'missing' && s.micId)) throw e;
+      await audio.openMic(''); // the saved microphone is gone: the default one
+    }
     refreshDevices();
     const common = {key: s.key, onEvent, onClose: lost};
     let transport;
@@ -247,8 +266,13 @@ async function connect() {
     }
     S.transport = transport;
     demo.transport = transport.kind;
-    const created = await transport.connect();
-    onEvent(created);
+    await transport.connect(); // session.created has gone through onEvent
+    if (S.items.size) { // a new session: the server remembers nothing of the conversation above
+      const li = document.createElement('li');
+      li.className = 'divider';
+      li.textContent = 'new session';
+      $('transcript').append(li);
+    }
     updateSession();
     setState('connected');
     applyMic();
@@ -296,7 +320,7 @@ function teardown() {
     S.remoteEl = null;
   }
   Object.assign(S, {talking: false, userSpeaking: false, response: null, turnEnd: null, outMuted: false,
-    playerPlaying: false, pendingUpdates: []});
+    playerPlaying: false, rtcPlaying: false, pendingUpdates: []});
 }
 
 // WebRTC: the remote stream plays through an <audio> element (Chrome's echo canceller sees it there, and
@@ -399,7 +423,16 @@ async function endTalk() {
   S.turnEnd = released;
   S.spokenMs = held;
   send({type: 'input_audio_buffer.commit'});
+  await responseEnded(1500); // an interrupted answer may still be closing
   send({type: 'response.create'});
+}
+
+function responseEnded(timeoutMs) {
+  const t0 = now();
+  return new Promise((resolve) => {
+    const check = () => (!S.response || now() - t0 > timeoutMs ? resolve() : setTimeout(check, 20));
+    check();
+  });
 }
 
 // ---- barge-in: stop the assistant's audio at once
@@ -412,7 +445,7 @@ async function bargeIn(why) {
   const r = S.response;
   if (r) S.dropped.add(r.id);
   if (S.transport.kind === 'websocket') {
-    if (r && S.mode === 'ptt') send({type: 'response.cancel'}); // server VAD cancels it by itself
+    if (r && why !== 'speech') send({type: 'response.cancel'}); // on speech, server VAD cancels it by itself
     const f = await audio.flush();
     S.playerPlaying = false;
     if (f.wasPlaying && f.item) {
@@ -492,6 +525,10 @@ function drawMeters() {
 function onEvent(e) {
   const c = demo.counters;
   c.events[e.type] = (c.events[e.type] || 0) + 1;
+  if (e.type !== 'response.output_audio.delta') {
+    demo.log.push([Math.round(now()), e.type, e.response_id || e.item_id || '']);
+    if (demo.log.length > 300) demo.log.shift();
+  }
   switch (e.type) {
     case 'session.created':
       demo.sessionId = e.session.id;
@@ -554,6 +591,13 @@ function onEvent(e) {
       break;
     case 'response.done':
       onResponseDone(e.response);
+      break;
+    case 'output_audio_buffer.started':
+      S.rtcPlaying = true;
+      break;
+    case 'output_audio_buffer.stopped':
+    case 'output_audio_buffer.cleared':
+      S.rtcPlaying = false;
       break;
     case 'conversation.item.truncated':
       S.items.get(e.item_id)?.li.classList.add('interrupted');
@@ -697,10 +741,12 @@ async function refreshDevices() {
     if (!d.deviceId || d.deviceId === 'default') continue;
     select.add(new Option(d.label || `Microphone ${select.length}`, d.deviceId));
   }
-  select.value = [...select.options].some((o) => o.value === current) ? current : '';
+  const wanted = S.wantedMic || current;
+  select.value = [...select.options].some((o) => o.value === wanted) ? wanted : '';
 }
 
 async function switchMic() {
+  S.wantedMic = form.elements.mic.value;
   saveSettings();
   if (S.state !== 'connected') return;
   try {
@@ -765,6 +811,9 @@ function init() {
   form.addEventListener('change', (e) => {
     if (e.target.name === 'mic') return switchMic();
     saveSettings();
+    if (S.state === 'connected' && ['transport', 'key', 'ice'].includes(e.target.name)) {
+      toast('Disconnect and start again to use this setting.');
+    }
     if (S.state === 'connected' && e.target.name !== 'transport' && e.target.name !== 'key' &&
         e.target.name !== 'ice') {
       updateSession();
@@ -774,6 +823,7 @@ function init() {
   form.addEventListener('submit', (e) => e.preventDefault());
   navigator.mediaDevices?.addEventListener?.('devicechange', refreshDevices);
   setState('idle');
+  refreshDevices(); // ids (and labels, once allowed) of the microphones
   checkServer();
   requestAnimationFrame(drawMeters);
 }

@@ -58,6 +58,7 @@ async def clients():
     yield make
     for c in made:
         await c.close()
+    assert not [bad for c in made for bad in c.invalid]  # every event on the channel parsed as the SDK's
 
 
 def used(server) -> int:
@@ -217,9 +218,7 @@ async def test_admission_auth_and_shutdown(tiny_dir, tmp_path, clients):
         first = await _admission_and_auth(keyed, clients)
         closed = asyncio.Event()
         first.pc.on("connectionstatechange", lambda: closed.set() if first.pc.connectionState == "closed" else None)
-        t0 = time.monotonic()
     await asyncio.wait_for(closed.wait(), 5)  # the server closed the peer on its way out
-    assert time.monotonic() - t0 < 10
     end = keyed.log_events("session_end")
     assert [e["reason"] for e in end] == ["server shutting down"] and end[0]["transport"] == "webrtc"
 

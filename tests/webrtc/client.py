@@ -14,7 +14,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from server.webrtc_tracks import to_mono
 from streaming.audio import float_to_pcm16
@@ -62,6 +62,7 @@ class Client:
         self.pc.addTrack(self.mic)
         self.channel = self.pc.createDataChannel(channel) if channel else None
         self.events: list[dict] = []
+        self.invalid: list[tuple[dict, ValidationError]] = []  # events that do not parse as the SDK's
         self.times: list[float] = []  # arrival time of each event
         self.audio: list[tuple[float, float, int]] = []  # (arrival time, RMS, sample rate) per received frame
         self.answer: httpx.Response | None = None
@@ -73,7 +74,10 @@ class Client:
 
     def _on_message(self, message: str) -> None:
         event = json.loads(message)
-        SERVER_EVENT.validate_python(event)  # every event we send must parse
+        try:
+            SERVER_EVENT.validate_python(event)  # every event the server sends must parse
+        except ValidationError as e:
+            self.invalid.append((event, e))
         self.events.append(event)
         self.times.append(time.monotonic())
         self._news.set()
@@ -115,6 +119,7 @@ class Client:
         async def wait() -> dict:
             i = start
             while True:
+                assert not self.invalid, self.invalid
                 while i < len(self.events):
                     if predicate(self.events[i]):
                         return self.events[i]
