@@ -292,3 +292,27 @@ def test_engine_releases_memory_of_closed_sessions(engine):
     assert engine.slots_free == engine.config.max_sessions
     assert not engine._slots and not engine._by_session
     assert _rss_mb() - before < 20
+
+
+def test_a_stuck_engine_reports_not_ready(tiny):
+    eng = Engine(tiny, EngineConfig(max_sessions=1, max_context=256, stall_s=0.2))
+    original = eng.runner.decode
+
+    def slow_decode(*args, **kw):
+        time.sleep(1.0)  # a step that hangs far longer than stall_s
+        return original(*args, **kw)
+
+    eng.runner.decode = slow_decode
+    eng.start()
+    try:
+        assert eng.ready
+        c = Client(eng)
+        c.session.add_item("u", "user", text="hi")
+        c.session.respond(_request("stuck", tokens=3))
+        deadline = time.monotonic() + 5
+        while eng.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not eng.ready  # busy, and no iteration finished for longer than stall_s
+        c.wait("stuck", 30)
+    finally:
+        eng.stop()
