@@ -75,7 +75,7 @@ class TextTokenizer:
 
 
 class TextStream:
-    """Turns generated ids into text deltas without splitting a multi-byte character."""
+    """Turns generated ids into text deltas that always add up to the decode of all ids so far."""
 
     def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
@@ -84,9 +84,15 @@ class TextStream:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
+        # Trailing U+FFFD may be a character whose other bytes are still to come: hold it back. What
+        # precedes it can no longer change.
+        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")
+        delta, self.text = text[len(self.text):], max(text, self.text, key=len)
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is still held back, at the end of the stream."""
         text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            return ""
         delta, self.text = text[len(self.text):], text
         return delta
 

@@ -575,6 +575,10 @@ class Engine:
         if finish == Finish.CANCELLED or r.cancel_reason:
             r.gen.cancel()
         r.item.closed = True  # the next prefill feeds any unfed last item, then "<|im_end|>\n"
+        tail = r.text.flush()
+        if tail:
+            r.transcript.append(tail)
+            self._emit(slot, TextDelta(r.request.response_id, tail))
         if r.prefilled and r.request.audio and r.frames:
             try:
                 tail = self.runner.finish_speech([slot.index])[0]

@@ -596,11 +596,14 @@ function onEvent(e) {
       S.rtcPlaying = true;
       break;
     case 'output_audio_buffer.stopped':
-    case 'output_audio_buffer.cleared':
       S.rtcPlaying = false;
       break;
+    case 'output_audio_buffer.cleared': // WebRTC: what was still queued of that answer was dropped
+      S.rtcPlaying = false;
+      markInterrupted(demo.turns.find((t) => t.id === e.response_id)?.item);
+      break;
     case 'conversation.item.truncated':
-      S.items.get(e.item_id)?.li.classList.add('interrupted');
+      markInterrupted(e.item_id);
       break;
     case 'error':
       onServerError(e.error);
@@ -640,7 +643,12 @@ function onResponseDone(resp) {
   r.audioMs = Math.round(audioS * 1000);
   if (audioS > 0) r.rtf = (r.doneAt - r.createdAt) / 1000 / audioS;
   if (S.response === r) S.response = null;
+  if (resp.status === 'cancelled') markInterrupted(r.item);
   renderLatency(r);
+}
+
+function markInterrupted(itemId) {
+  S.items.get(itemId)?.li.classList.add('interrupted');
 }
 
 function onServerError(error) {

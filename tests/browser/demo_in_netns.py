@@ -163,6 +163,8 @@ def spoken_turn_and_barge_in(tab: Page, server: ServerProcess, transport: str, s
     assert barge["rmsBefore"] > LOUD, barge  # it was playing
     assert barge["rmsAfter"] < SILENT, barge  # 100-600 ms later: nothing audible
     assert barge["stopMs"] < 100, barge
+    tab.wait("lfmDemo.transcript().some(e => e.interrupted)", 5, "the answer marked as interrupted")
+    page.screenshot(path=str(ARTIFACTS / shot.replace(".png", "-barge-in.png")), full_page=True)
     result = {"turns": turns(tab), "barge": barge, "counters": tab.demo("lfmDemo.counters"),
               "rtt": tab.demo("lfmDemo.rttMs"), "sampleRate": tab.demo("lfmDemo.sampleRate")}
     print(f"\n{transport}: sample rate {result['sampleRate']}, rtt {result['rtt']:.2f} ms, first turn",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
@@ -27,8 +28,10 @@ def server(tiny_dir, tmp_path_factory):
         yield srv
 
 
-def _client(server, key: str = KEY) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key=key, base_url=server.base + "/v1", websocket_base_url=server.ws)
+@contextlib.asynccontextmanager
+async def _client(server, key: str = KEY):
+    async with AsyncOpenAI(api_key=key, base_url=server.base + "/v1", websocket_base_url=server.ws) as client:
+        yield client
 
 
 async def _ws(server, headers: dict | None = None, subprotocols: list[str] | None = None) -> tuple[dict, int | None]:
@@ -70,21 +73,23 @@ async def test_api_key_and_single_use_client_secret(server):
     event, code = await _ws(server, {"Authorization": f"Bearer {KEY}"})
     assert event["type"] == "session.created" and code is None
 
-    secret = await _client(server).realtime.client_secrets.create(
-        session={"type": "realtime", "instructions": "Respond with interleaved text and audio."})
+    async with _client(server) as client:
+        secret = await client.realtime.client_secrets.create(
+            session={"type": "realtime", "instructions": "Respond with interleaved text and audio."})
     assert secret.value.startswith("ek_") and secret.expires_at > time.time()
     event, code = await _ws(server, subprotocols=["realtime", f"openai-insecure-api-key.{secret.value}"])
     assert event["type"] == "session.created" and code is None
     event, code = await _ws(server, subprotocols=["realtime", f"openai-insecure-api-key.{secret.value}"])
     assert event["error"]["code"] == "invalid_api_key" and "already used" in event["error"]["message"]
     # a client secret cannot mint more secrets
-    with pytest.raises(openai.AuthenticationError):
-        await _client(server, secret.value).realtime.client_secrets.create()
+    async with _client(server, secret.value) as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.realtime.client_secrets.create()
 
 
 async def test_expired_client_secret_is_refused(server):
-    secret = await _client(server).realtime.client_secrets.create(expires_after={"anchor": "created_at",
-                                                                                  "seconds": 10})
+    async with _client(server) as client:
+        secret = await client.realtime.client_secrets.create(expires_after={"anchor": "created_at", "seconds": 10})
     await asyncio.sleep(11)
     event, code = await _ws(server, {"Authorization": f"Bearer {secret.value}"})
     assert event["error"]["code"] == "invalid_api_key" and "expired" in event["error"]["message"]
@@ -92,7 +97,15 @@ async def test_expired_client_secret_is_refused(server):
 
 
 async def test_rest_endpoints_through_the_sdk(server, say, tmp_path):
-    client = _client(server)
+    async with _client(server) as client:
+        await _rest_calls(client, say, tmp_path)
+    async with _client(server, "wrong") as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.models.list()
+    assert _slots_used(server) == 0
+
+
+async def _rest_calls(client: AsyncOpenAI, say, tmp_path) -> None:
     models = await client.models.list()
     assert [m.id for m in models.data] == ["tiny"]
 
@@ -115,6 +128,3 @@ async def test_rest_endpoints_through_the_sdk(server, say, tmp_path):
 
     with pytest.raises(openai.BadRequestError):
         await client.audio.speech.create(model="lfm-audio", voice="alloy", input="x", response_format="mp3")
-    with pytest.raises(openai.AuthenticationError):
-        await _client(server, "wrong").models.list()
-    assert _slots_used(server) == 0

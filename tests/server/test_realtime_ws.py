@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 
 import numpy as np
@@ -26,8 +27,11 @@ def server(tiny_dir, tmp_path_factory):
         yield srv
 
 
-def _client(server) -> AsyncOpenAI:
-    return AsyncOpenAI(api_key="anything", base_url=server.base + "/v1", websocket_base_url=server.ws)
+@contextlib.asynccontextmanager
+async def _connect(server):
+    async with (AsyncOpenAI(api_key="anything", base_url=server.base + "/v1", websocket_base_url=server.ws) as client,
+                client.realtime.connect(model="lfm-audio") as conn):
+        yield conn
 
 
 class Recorder:
@@ -65,7 +69,7 @@ async def _append(conn, audio: bytes, chunk_ms: int = 40) -> None:
 async def test_spoken_turn_with_server_vad(server, say):
     speech = say("Hello there. What is the weather like today?", 24000)
     audio = pcm24(np.concatenate([np.zeros(4800, np.float32), speech, np.zeros(24000, np.float32)]))
-    async with _client(server).realtime.connect(model="lfm-audio") as conn:
+    async with _connect(server) as conn:
         rec = Recorder(conn)
         created = await rec.until(lambda e: e["type"] == "session.created")
         assert created["session"]["type"] == "realtime"
@@ -98,7 +102,7 @@ async def test_spoken_turn_with_server_vad(server, say):
 
 async def test_push_to_talk_and_text_turns(server, say):
     speech = pcm24(say("Push to talk works too.", 24000))
-    async with _client(server).realtime.connect(model="lfm-audio") as conn:
+    async with _connect(server) as conn:
         rec = Recorder(conn)
         await conn.session.update(session={"type": "realtime", "max_output_tokens": 30,
                                            "audio": {"input": {"turn_detection": None}}})
@@ -118,6 +122,8 @@ async def test_push_to_talk_and_text_turns(server, say):
     assert added["previous_item_id"] == first["response"]["output"][0]["id"]
     assert committed["item_id"] != added["item"]["id"]
     assert second["response"]["output_modalities"] == ["text"]
-    assert "response.output_text.delta" in rec.types()[rec.types().index("response.created", len(rec.types()) - 40):]
+    types = rec.types()
+    last = len(types) - 1 - types[::-1].index("response.created")
+    assert "response.output_text.delta" in types[last:] and "response.output_audio.delta" not in types[last:]
     # the second turn reused the first one's cached state
     assert second["response"]["usage"]["input_token_details"]["cached_tokens"] > 0
