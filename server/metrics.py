@@ -14,6 +14,8 @@ from streaming.messages import EngineStats
 __all__ = ["BUILD_LABELS", "TRANSPORTS", "Metrics"]
 
 TRANSPORTS = ("websocket", "webrtc", "http")
+REJECT_REASONS = ("auth", "full", "not_ready")  # what the routes pass to rejected()
+ERROR_KINDS = ("session",)  # what the routes pass to error()
 BUILD_LABELS = ("version", "model", "decoder", "device")
 
 # Buckets fit to each range. A model frame is 80 ms: a decode step must stay well under it.
@@ -92,6 +94,10 @@ class Metrics:
             self.session_duration.labels(t)
         for since in ("speech_end", "commit"):
             self.ttfa.labels(since)
+        for reason in REJECT_REASONS:  # else increase() cannot see the first rejection
+            self.refusals.labels(reason)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind)
         # Engine counters are cumulative: remember the last value and add only the increase.
         self._cumulative = {"steps": self.steps, "prefill_positions": self.prefill_positions,
                             "underruns": self.underruns, "skipped_rows": self.skipped, "sessions_failed": self.failed}
