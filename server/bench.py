@@ -114,10 +114,11 @@ def run_bench(args: argparse.Namespace) -> int:
     ref_python = _reference_python(args)
     if args.suite in ("single", "all"):
         run_single_bench(args, ref_python)
-    if args.suite in ("engine", "all"):
+    if args.suite in ("engine", "ttfa", "all"):
         from server.bench_engine import run_engine_bench
 
-        run_engine_bench(args, ref_python, _checkpoint)
+        parts = ("ttfa",) if args.suite == "ttfa" else ("throughput", "ttfa")
+        run_engine_bench(args, ref_python, _checkpoint, parts)
     return 0
 
 

@@ -143,30 +143,43 @@ def _run(cmd: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_engine_bench(args: argparse.Namespace, ref_python: str | None, checkpoint) -> dict:
+def run_engine_bench(args: argparse.Namespace, ref_python: str | None, checkpoint,
+                     parts: tuple[str, ...] = ("throughput", "ttfa")) -> dict:
+    """Runs the parts asked for; a part not run keeps its results from the last run (engine.json)."""
     out: Path = args.out
-    results: dict = {"throughput": [], "ttfa": {}}
-    for size in args.sizes.split(","):
+    saved = out / "engine.json"
+    results: dict = json.loads(saved.read_text()) if saved.is_file() else {}
+    sizes = args.sizes.split(",")
+    if "throughput" in parts:
+        results["throughput"] = []
+        for size in sizes:
+            ckpt = checkpoint(size, out)
+            items = 24 if size == "full" else 120
+            for dtype in args.dtypes.split(","):
+                for n in SESSIONS:
+                    cmd = [sys.executable, "-m", "server.bench", "--engine-worker", "--ckpt", str(ckpt), "--sessions",
+                           str(n), "--items", str(items), "--threads", str(args.threads), "--dtype", dtype]
+                    if args.compile:
+                        cmd.append("--compile")
+                    r = _run(cmd)
+                    r.update(size=size, dtype=dtype)
+                    results["throughput"].append(r)
+                    print(f"[engine {size} {dtype}] {n} sessions: {r['frames_per_s']:.1f} frames/s", file=sys.stderr)
+    if "ttfa" in parts:
+        size = "full" if "full" in sizes else sizes[0]
         ckpt = checkpoint(size, out)
-        items = 24 if size == "full" else 120
+        results["ttfa"] = []
         for dtype in args.dtypes.split(","):
-            for n in SESSIONS:
-                cmd = [sys.executable, "-m", "server.bench", "--engine-worker", "--ckpt", str(ckpt), "--sessions",
-                       str(n), "--items", str(items), "--threads", str(args.threads), "--dtype", dtype]
-                if args.compile:
-                    cmd.append("--compile")
-                r = _run(cmd)
-                r.update(size=size, dtype=dtype)
-                results["throughput"].append(r)
-                print(f"[engine {size} {dtype}] {n} sessions: {r['frames_per_s']:.1f} frames/s", file=sys.stderr)
-    ttfa_size = "full" if "full" in args.sizes.split(",") else args.sizes.split(",")[0]
-    ckpt = checkpoint(ttfa_size, out)
-    common = ["--ckpt", str(ckpt), "--turns", str(args.turns), "--items", "40", "--threads", str(args.threads)]
-    results["ttfa"] = {"size": ttfa_size, "dtype": "float32",
-                       "ours": _run([sys.executable, "-m", "server.bench", "--ttfa-worker", *common])}
-    if ref_python:
-        results["ttfa"]["reference"] = _run([ref_python, str(ROOT / "bench/reference_bench.py"), *common])
-    (out / "engine.json").write_text(json.dumps(results, indent=2))
+            common = ["--ckpt", str(ckpt), "--turns", str(args.turns), "--items", "40", "--threads",
+                      str(args.threads), "--dtype", dtype]
+            entry = {"size": size, "dtype": dtype,
+                     "ours": _run([sys.executable, "-m", "server.bench", "--ttfa-worker", *common])}
+            if ref_python:
+                entry["reference"] = _run([ref_python, str(ROOT / "bench/reference_bench.py"), *common])
+            results["ttfa"].append(entry)
+            print(f"[ttfa {size} {dtype}] turn {args.turns}: ours {entry['ours']['turns'][-1]['first_audio_s']:.2f} s",
+                  file=sys.stderr)
+    saved.write_text(json.dumps(results, indent=2))
     (out / "engine.md").write_text(_markdown(results, args.threads))
     _plot(results, out / "engine.png")
     print((out / "engine.md").read_text())
@@ -178,20 +191,20 @@ def _markdown(results: dict, threads: int) -> str:
              "| checkpoint | dtype | sessions | frames/s | vs 1 session | mean step ms | mean batch |",
              "|---|---|---|---|---|---|---|"]
     base = {}
-    for r in results["throughput"]:
+    for r in results.get("throughput", []):
         key = (r["size"], r["dtype"])
         base.setdefault(key, r["frames_per_s"])
         lines.append(f"| {r['size']} | {r['dtype']} | {r['sessions']} | {r['frames_per_s']:.1f} | "
                      f"{r['frames_per_s'] / base[key]:.2f}x | {r['mean_step_ms']:.0f} | {r['mean_batch']:.1f} |")
-    t = results["ttfa"]
-    lines += ["", f"## (b) time to first audio per turn, 4 s user clips ({t['size']} checkpoint, {t['dtype']})", "",
-              "| turn | ours s | reference s | ours / reference | ours prefilled positions | reused positions |",
-              "|---|---|---|---|---|---|"]
-    ref = t.get("reference", {}).get("turns", [])
-    for i, o in enumerate(t["ours"]["turns"]):
-        r = ref[i]["first_audio_s"] if i < len(ref) else float("nan")
-        lines.append(f"| {i + 1} | {o['first_audio_s']:.2f} | {r:.2f} | {o['first_audio_s'] / r:.2f} | "
-                     f"{o['input_positions']} | {o['cached_positions']} |")
+    for t in results.get("ttfa", []):
+        lines += ["", f"## (b) time to first audio per turn, 4 s user clips ({t['size']} checkpoint, {t['dtype']})", "",
+                  "| turn | ours s | reference s | ours / reference | ours prefilled positions | reused positions |",
+                  "|---|---|---|---|---|---|"]
+        ref = t.get("reference", {}).get("turns", [])
+        for i, o in enumerate(t["ours"]["turns"]):
+            r = ref[i]["first_audio_s"] if i < len(ref) else float("nan")
+            lines.append(f"| {i + 1} | {o['first_audio_s']:.2f} | {r:.2f} | {o['first_audio_s'] / r:.2f} | "
+                         f"{o['input_positions']} | {o['cached_positions']} |")
     lines += ["", "frames/s: audio frames generated (and decoded to speech) per second, all sessions together. "
               "Time to first audio: from the user's clip being submitted to the first audio of the answer "
               "(ours: decoded speech; the reference: the first audio codes)."]
@@ -206,7 +219,7 @@ def _plot(results: dict, path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     series: dict = {}
-    for r in results["throughput"]:
+    for r in results.get("throughput", []):
         series.setdefault(f"{r['size']} {r['dtype']}", []).append((r["sessions"], r["frames_per_s"]))
     for label, pts in series.items():
         xs, ys = zip(*pts, strict=True)
@@ -215,13 +228,14 @@ def _plot(results: dict, path: Path) -> None:
     a.set(xscale="log", xlabel="concurrent sessions", ylabel="aggregate frames/s vs 1 session",
           title="(a) batching", xticks=SESSIONS, xticklabels=[str(s) for s in SESSIONS])
     a.legend()
-    t = results["ttfa"]
-    turns = range(1, len(t["ours"]["turns"]) + 1)
-    b.plot(turns, [x["first_audio_s"] for x in t["ours"]["turns"]], marker="o", label="lfm-audio (state kept)")
-    if "reference" in t:
-        b.plot(turns, [x["first_audio_s"] for x in t["reference"]["turns"]], marker="s",
-               label="reference (re-prefills)")
-    b.set(xlabel="turn", ylabel="time to first audio (s)", title=f"(b) {t['size']} checkpoint, 4 s clips")
+    for t in results.get("ttfa", []):
+        turns = range(1, len(t["ours"]["turns"]) + 1)
+        b.plot(turns, [x["first_audio_s"] for x in t["ours"]["turns"]], marker="o",
+               label=f"lfm-audio, state kept ({t['dtype']})")
+        if "reference" in t:
+            b.plot(turns, [x["first_audio_s"] for x in t["reference"]["turns"]], marker="s", linestyle="--",
+                   label=f"reference, re-prefills ({t['dtype']})")
+    b.set(xlabel="turn", ylabel="time to first audio (s)", title="(b) time to first audio, 4 s clips")
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=0, help="audio frames per measurement (0 = per size default)")
     p.add_argument("--reference-venv", help="the reference's venv (default: tools/golden/setup_venv.sh)")
     p.add_argument("--no-reference", action="store_true", help="measure ours only")
-    p.add_argument("--suite", choices=["single", "engine", "all"], default="all",
-                   help="single: one session vs the reference; engine: batching and time to first audio")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="dtypes for the engine throughput sweep")
+    p.add_argument("--suite", choices=["single", "engine", "ttfa", "all"], default="all",
+                   help="single: one session vs the reference; engine: batching and time to first audio; "
+                        "ttfa: only the time to first audio")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="dtypes of the engine measurements")
     p.add_argument("--turns", type=int, default=5, help="turns of the time-to-first-audio conversation")
     p.add_argument("--compile", action="store_true", help="engine sweep with compiled decode steps")
     p.add_argument("--out", type=Path, default=Path("bench/out"))

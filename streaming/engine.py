@@ -82,7 +82,8 @@ class _Response:
     feed: tuple[Modality, int | tuple[int, ...]] | None = None  # the item to feed at the next step
     prefilled: bool = False
     frames: int = 0  # audio frames decoded to speech
-    cancel_reason: str | None = None
+    cancel_reason: str | None = None  # set by a cancel: finished at the next iteration
+    length_reason: str = "max_output_tokens"  # or "max_context"
     transcript: list[str] = field(default_factory=list)
 
 
@@ -410,7 +411,8 @@ class Engine:
     def _iterate(self) -> None:
         for slot in list(self._slots.values()):
             if slot.response is not None and slot.response.cancel_reason:
-                self._finish(slot, Finish.CANCELLED)
+                slot.response.gen.cancel()
+                self._finish(slot)
         self._encode_one()
         views = [self._view(s) for s in self._slots.values() if s.response is not None and not s.encode_queue]
         plan = plan_iteration(views, prefill_budget=self.config.prefill_budget, last_step_s=self._last_step_s,
@@ -535,8 +537,7 @@ class Engine:
                     speak_slots.append(slot)
                     speak_frames.append(value)
             if slot.conv.position + 1 >= self.config.max_context and not r.gen.done:
-                r.gen.finish = Finish.LENGTH
-                r.cancel_reason = "max_context"
+                r.gen.finish, r.length_reason = Finish.LENGTH, "max_context"
         if speak_slots:
             self._speak(speak_slots, speak_frames)
         elapsed = time.perf_counter() - t0
@@ -547,7 +548,7 @@ class Engine:
             _record(self._stats.batch_sizes, len(slots))
         for slot in slots:
             if slot.index in self._slots and slot.response is not None and slot.response.gen.done:
-                self._finish(slot, slot.response.gen.finish)
+                self._finish(slot)
 
     def _speak(self, slots: list[_Slot], frames: list[tuple[int, ...]]) -> None:
         try:
@@ -570,10 +571,8 @@ class Engine:
             self._emit(slot, AudioDelta(r.request.response_id, chunk, r.frames))
             r.frames += 1
 
-    def _finish(self, slot: _Slot, finish: Finish | None) -> None:
+    def _finish(self, slot: _Slot) -> None:
         r = slot.response
-        if finish == Finish.CANCELLED or r.cancel_reason:
-            r.gen.cancel()
         r.item.closed = True  # the next prefill feeds any unfed last item, then "<|im_end|>\n"
         tail = r.text.flush()
         if tail:
@@ -589,10 +588,8 @@ class Engine:
         r.timings.done = time.perf_counter()
         status, reason = {
             Finish.STOP: (Status.COMPLETED, None),
-            Finish.LENGTH: (Status.INCOMPLETE, "max_output_tokens"),
+            Finish.LENGTH: (Status.INCOMPLETE, r.length_reason),
         }.get(r.gen.finish, (Status.CANCELLED, r.cancel_reason or "client_cancelled"))
-        if r.cancel_reason == "max_context":
-            status, reason = Status.INCOMPLETE, "max_context"
         slot.response = None
         slot.underrun = False
         self._emit(slot, ResponseDone(r.request.response_id, r.item.id, status, reason, r.usage, r.timings,
