@@ -170,9 +170,9 @@ def run_engine_bench(args: argparse.Namespace, ref_python: str | None, checkpoin
         ckpt = checkpoint(size, out)
         results["ttfa"] = []
         for dtype in args.dtypes.split(","):
-            common = ["--ckpt", str(ckpt), "--turns", str(args.turns), "--items", "40", "--threads",
-                      str(args.threads), "--dtype", dtype]
-            entry = {"size": size, "dtype": dtype,
+            common = ["--ckpt", str(ckpt), "--turns", str(args.turns), "--items", str(args.ttfa_items),
+                      "--threads", str(args.threads), "--dtype", dtype]
+            entry = {"size": size, "dtype": dtype, "items_per_turn": args.ttfa_items,
                      "ours": _run([sys.executable, "-m", "server.bench", "--ttfa-worker", *common])}
             if ref_python:
                 entry["reference"] = _run([ref_python, str(ROOT / "bench/reference_bench.py"), *common])
@@ -197,7 +197,8 @@ def _markdown(results: dict, threads: int) -> str:
         lines.append(f"| {r['size']} | {r['dtype']} | {r['sessions']} | {r['frames_per_s']:.1f} | "
                      f"{r['frames_per_s'] / base[key]:.2f}x | {r['mean_step_ms']:.0f} | {r['mean_batch']:.1f} |")
     for t in results.get("ttfa", []):
-        lines += ["", f"## (b) time to first audio per turn, 4 s user clips ({t['size']} checkpoint, {t['dtype']})", "",
+        lines += ["", f"## (b) time to first audio per turn, 4 s user clips, answers of {t.get('items_per_turn', 40)} "
+                  f"items ({t['size']} checkpoint, {t['dtype']})", "",
                   "| turn | ours s | reference s | ours / reference | ours prefilled positions | reused positions |",
                   "|---|---|---|---|---|---|"]
         ref = t.get("reference", {}).get("turns", [])

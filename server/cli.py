@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ttfa: only the time to first audio")
     p.add_argument("--dtypes", default="float32,bfloat16", help="dtypes of the engine measurements")
     p.add_argument("--turns", type=int, default=5, help="turns of the time-to-first-audio conversation")
+    p.add_argument("--ttfa-items", type=int, default=120,
+                   help="items (text tokens + audio frames) per answer in that conversation: 120 is about 5 s of "
+                        "speech, what a spoken answer is")
     p.add_argument("--compile", action="store_true", help="engine sweep with compiled decode steps")
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     p.set_defaults(func=cmd_bench)
