@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def clip(seconds: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * 16000)) / 16000
-    f0 = 120 + 40 * torch.sin(2 * math.pi * 0.7 * t)
-    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
-    x = sum(torch.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t) ** 2)
-    return (0.2 * x + 0.02 * torch.randn(t.shape, generator=g)).float()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from server.bench import clip
 
 
 def main() -> None:

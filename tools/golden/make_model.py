@@ -13,7 +13,6 @@ interleaved sequence of a two-turn chat, and greedy ASR and TTS sequences.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -24,20 +23,11 @@ from safetensors.torch import save_file
 
 from models.checkpoint import tensors_digest
 from models.random_checkpoint import write_random_checkpoint
+from server.bench import clip
 
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "golden" / "assets"
 SEED = 0
 TURN_TOKENS = 48
-
-
-def test_wave(seconds: float, seed: int) -> torch.Tensor:
-    """A deterministic speech-like 16 kHz wave: a gliding harmonic tone with noise and an envelope."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * 16000)) / 16000
-    f0 = 120 + 40 * torch.sin(2 * math.pi * 0.7 * t)
-    phase = 2 * math.pi * torch.cumsum(f0, 0) / 16000
-    x = sum(torch.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * torch.sin(2 * math.pi * 3 * t) ** 2)
-    return (0.2 * x + 0.02 * torch.randn(t.shape, generator=g)).float()
 
 
 def flatten(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +59,8 @@ def main() -> None:
         digest = tensors_digest(ckpt / "model.safetensors")
 
         out: dict[str, torch.Tensor] = {}
-        wave = test_wave(1.3, 1)
-        wave2 = test_wave(0.9, 2)
+        wave = clip(1.3, 1)
+        wave2 = clip(0.9, 2)
         out["wave"], out["wave2"] = wave, wave2
         mel, _ = proc.audio(wave[None], torch.tensor([wave.shape[0]]))
         out["mel"] = mel[0]
