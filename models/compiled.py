@@ -32,17 +32,18 @@ class CompiledSteps:
         self._frame = torch.compile(self._audio_frame, **kw)
         self._step = torch.compile(self._backbone_step, **kw)
 
-    def _audio_frame(self, h: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor) -> Tensor:
-        return self.model.audio_frame(h, lambda i, logits: sample_with_noise(logits, temperature, top_k, noise[:, i]))
+    def _audio_frame(self, h: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor, kmax: int) -> Tensor:
+        return self.model.audio_frame(
+            h, lambda i, logits: sample_with_noise(logits, temperature, top_k, noise[:, i], kmax))
 
     def _backbone_step(self, x: Tensor, positions: Tensor, active: Tensor) -> Tensor:
         return self.model.lfm(x[:, None], self.state, positions, active=active, kv_len=self.state.capacity)[:, 0]
 
-    def audio_frame(self, h: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor) -> Tensor:
-        """h [B, hidden], temperature [B], top_k [B], noise [B, 8, 2049] -> codes [B, 8]. Compiles once
-        per batch size B (keep B fixed, e.g. all slots)."""
+    def audio_frame(self, h: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor, kmax: int) -> Tensor:
+        """h [B, hidden], temperature [B], top_k [B], noise [B, 8, 2049], kmax (sampling.kmax_bound) ->
+        codes [B, 8]. Compiles once per batch size B (keep B fixed: all slots) and kmax bucket."""
         with torch.inference_mode():
-            return self._frame(h, temperature, top_k, noise)
+            return self._frame(h, temperature, top_k, noise, kmax)
 
     def backbone_step(self, x: Tensor, positions: Tensor, active: Tensor) -> Tensor:
         """All rows of the state, one position each: x [rows, hidden], positions [rows], active [rows]."""

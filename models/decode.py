@@ -7,6 +7,7 @@ serving engine (streaming/) are both built from them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,7 @@ from models.config import AUDIO_VOCAB
 from models.generation import Modality
 from models.lfm2 import BackboneState
 from models.lfm2_audio import LFM2AudioModel
-from models.sampling import SamplingParams, draw_noise, sample, sample_with_noise
+from models.sampling import SamplingParams, draw_noise, kmax_bound, sample, sample_with_noise
 
 __all__ = ["RowSampling", "decode_step", "prefill"]
 
@@ -86,22 +87,23 @@ def sample_items(
         greedy = [p.greedy for p in params]
         if kind == Modality.TEXT:
             values = sample(model.text_logits(h[run]), t, k, gens).tolist()
-        elif compiled is not None:
-            noise = draw_noise(gens, greedy, (model.cfg.codebooks, AUDIO_VOCAB), h.device)
-            values = [tuple(f) for f in compiled.audio_frame(h[run], t, k, noise).tolist()]
-        elif all(greedy):
-            values = [tuple(f) for f in model.audio_frame(h[run], lambda i, logits: logits.argmax(-1)).tolist()]
         else:
-            noise = draw_noise(gens, greedy, (model.cfg.codebooks, AUDIO_VOCAB), h.device)
-            def pick(i: int, logits: Tensor, t: Tensor = t, k: Tensor = k, n: Tensor = noise) -> Tensor:
-                return sample_with_noise(logits, t, k, n[:, i])
-
-            frames = model.audio_frame(h[run], pick)
+            kmax = kmax_bound(params, AUDIO_VOCAB)
+            shape = (model.cfg.codebooks, AUDIO_VOCAB)
+            noise = draw_noise(gens, greedy, shape, h.device) if kmax != 1 else torch.ones(len(run), *shape)
+            if compiled is not None:
+                frames = compiled.audio_frame(h[run], t, k, noise, kmax)
+            else:
+                frames = model.audio_frame(h[run], partial(_pick, t=t, k=k, noise=noise, kmax=kmax))
             values = [tuple(f) for f in frames.tolist()]
         for b, value in zip(run, values, strict=True):
             if b in rows:
                 out[b] = value
     return out
+
+
+def _pick(i: int, logits: Tensor, *, t: Tensor, k: Tensor, noise: Tensor, kmax: int) -> Tensor:
+    return sample_with_noise(logits, t, k, noise[:, i], kmax)
 
 
 def _params_of(s: RowSampling, kind: Modality) -> SamplingParams:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingParams", "draw_noise", "sample", "sample_with_noise"]
+__all__ = ["SamplingParams", "draw_noise", "kmax_bound", "sample", "sample_with_noise"]
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,33 @@ def draw_noise(generators: list[torch.Generator | None], greedy: list[bool], sha
     return noise
 
 
-def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor) -> Tensor:
-    """logits [B, V]; temperature [B]; top_k [B] long; noise [B, V] ~ Exp(1). Returns [B] long."""
+def sample_with_noise(logits: Tensor, temperature: Tensor, top_k: Tensor, noise: Tensor, kmax: int = 0) -> Tensor:
+    """logits [B, V]; temperature [B]; top_k [B] long; noise [B, V] ~ Exp(1). Returns [B] long.
+    kmax: a bound on every row's effective k, fixed by the caller so that shapes stay static: 1 when all
+    rows are greedy (no sampling work at all), else any value >= the largest k (0: no bound known)."""
     V = logits.shape[-1]
+    if kmax == 1:
+        return logits.argmax(-1)
     greedy = (temperature <= 0) | (top_k == 1)
     scaled = logits.float() / torch.where(greedy, 1.0, temperature.float())[:, None]
     k = torch.where((top_k <= 0) | (top_k > V), V, top_k)
-    kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+    if 0 < kmax < V:  # the k-th largest value from a partial sort
+        kth = scaled.topk(kmax, dim=-1).values.gather(1, (k.clamp(max=kmax) - 1)[:, None])
+    else:
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
     probs = scaled.masked_fill(scaled < kth, float("-inf")).softmax(-1)
     return torch.where(greedy, logits.argmax(-1), (probs / noise).argmax(-1))
+
+
+def kmax_bound(params: list[SamplingParams], vocab: int) -> int:
+    """The `kmax` for sample_with_noise: 1 if all greedy, else the largest k rounded up to a power of two
+    (a few static variants), or the vocabulary when some row has no limit."""
+    ks = [p.top_k for p in params if not p.greedy]
+    if not ks:
+        return 1
+    if any(k <= 0 or k >= vocab for k in ks):
+        return vocab
+    return min(vocab, 1 << (max(ks) - 1).bit_length())
 
 
 def sample(logits: Tensor, temperature: Tensor, top_k: Tensor, generators: list[torch.Generator | None]) -> Tensor:
@@ -55,4 +73,5 @@ def sample(logits: Tensor, temperature: Tensor, top_k: Tensor, generators: list[
     if all(greedy):
         return logits.argmax(-1)
     noise = draw_noise(generators, greedy, (logits.shape[-1],), logits.device)
-    return sample_with_noise(logits, temperature.to(logits.device), top_k.to(logits.device), noise)
+    kmax = int(torch.where(top_k <= 0, logits.shape[-1], top_k).max())
+    return sample_with_noise(logits, temperature.to(logits.device), top_k.to(logits.device), noise, kmax)

@@ -237,6 +237,8 @@ def _plot(results: dict, path: Path) -> None:
             b.plot(turns, [x["first_audio_s"] for x in t["reference"]["turns"]], marker="s", linestyle="--",
                    label=f"reference, re-prefills ({t['dtype']})")
     b.set(xlabel="turn", ylabel="time to first audio (s)", title="(b) time to first audio, 4 s clips")
+    if results.get("ttfa"):
+        b.set_xticks(range(1, len(results["ttfa"][0]["ours"]["turns"]) + 1))
     b.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -94,3 +94,21 @@ def test_sampling_distribution_matches_softmax():
     for _ in range(4000):
         counts[int(sample(logits, torch.tensor([1.0]), torch.tensor([0]), [g]))] += 1
     torch.testing.assert_close(counts / 4000, logits.softmax(-1)[0], atol=0.03, rtol=0)
+
+
+def test_partial_sort_bound_gives_the_same_samples_as_a_full_sort():
+    from models.sampling import SamplingParams, kmax_bound, sample_with_noise
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 2049, generator=g)
+    noise = torch.empty(6, 2049).exponential_(generator=g)
+    t = torch.tensor([1.0, 0.7, 1.3, 0.0, 1.0, 0.9])
+    k = torch.tensor([4, 64, 3, 4, 1, 40])
+    params = [SamplingParams(float(a), int(b)) for a, b in zip(t, k, strict=True)]
+    bound = kmax_bound(params, 2049)
+    assert bound == 64
+    full = sample_with_noise(logits, t, k, noise)
+    assert torch.equal(sample_with_noise(logits, t, k, noise, bound), full)
+    assert kmax_bound([SamplingParams()], 2049) == 1
+    assert kmax_bound([SamplingParams(1.0, 0)], 2049) == 2049
+    assert kmax_bound([SamplingParams(1.0, 5)], 2049) == 8
