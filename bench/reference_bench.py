@@ -3,8 +3,8 @@
 
     .cache/golden-venv/bin/python bench/reference_bench.py --ckpt DIR --items 200 --threads 2
 
-What it measures is what the reference's own demo does per turn: build the chat (the whole history is
-re-prefilled and every clip re-encoded on each `generate_interleaved` call), then generate greedily.
+What it measures is what the reference's own demo does on every turn, building the chat (the whole history
+is re-prefilled and every clip re-encoded on each `generate_interleaved` call) and generating greedily.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ICE_SCHEMES", "Settings"]
 
-ICE_SCHEMES = ("stun:", "turn:", "turns:")
+ICE_SCHEMES = ("stun", "turn", "turns")  # URL schemes of ICE servers
 
 
 def _split(value: Any) -> Any:
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(
         default_factory=list, repr=False,  # TURN credentials
         description='WebRTC ICE servers: a JSON list of {"urls": [...], "username": ..., "credential": ...}, or '
-                    "comma-separated stun:/turn: URLs (empty: no STUN/TURN server is ever contacted)")
+                    "comma-separated STUN/TURN URLs (empty: no STUN/TURN server is ever contacted)")
     webrtc_host_addresses: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="WebRTC host candidate addresses, comma-separated or a JSON list (empty: every interface "
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
             if any(not isinstance(server.get(k, ""), str) for k in ("username", "credential")):
                 raise ValueError("an ICE server's username and credential must be strings")
             for url in urls:
-                if not url.lower().startswith(ICE_SCHEMES):
-                    raise ValueError(f"ICE server URL {url!r} must start with one of {', '.join(ICE_SCHEMES)}")
+                if url.split(":", 1)[0].lower() not in ICE_SCHEMES or ":" not in url:
+                    raise ValueError(f"ICE server URL {url!r} must use one of the schemes {', '.join(ICE_SCHEMES)}")
             out.append({**server, "urls": urls})
         return out
