@@ -30,10 +30,13 @@ from models.tokenizer import TextTokenizer
 if TYPE_CHECKING:
     from models.compiled import CompiledSteps
 
-__all__ = ["ASR_PROMPT", "CHAT_PROMPT", "TTS_VOICES", "Chat"]
+__all__ = ["ASR_PROMPT", "CHAT_AUDIO_SAMPLING", "CHAT_PROMPT", "TTS_AUDIO_SAMPLING", "TTS_VOICES", "Chat"]
 
 CHAT_PROMPT = "Respond with interleaved text and audio."
 ASR_PROMPT = "Perform ASR."
+# Recommended audio sampling (model card): interleaved chat, and TTS. Text is greedy in every mode.
+CHAT_AUDIO_SAMPLING = SamplingParams(1.0, 4)
+TTS_AUDIO_SAMPLING = SamplingParams(0.8, 64)
 TTS_VOICES = {
     "us_male": "Perform TTS. Use the US male voice.",
     "us_female": "Perform TTS. Use the US female voice.",

@@ -165,6 +165,10 @@ class Conversation:
             skip = 0
         return out
 
+    def pending_length(self) -> int:
+        """How many positions the next prefill has to run."""
+        return self.length() - (0 if self.stale else self.position)
+
     def reset(self) -> None:
         """The row was reset: it holds nothing."""
         self.position = 0

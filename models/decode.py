@@ -22,7 +22,7 @@ from models.lfm2 import BackboneState
 from models.lfm2_audio import LFM2AudioModel
 from models.sampling import SamplingParams, draw_noise, kmax_bound, sample, sample_with_noise
 
-__all__ = ["RowSampling", "decode_step", "prefill"]
+__all__ = ["RowSampling", "prefill", "sample_items"]
 
 
 @dataclass
@@ -39,29 +39,6 @@ def prefill(model: LFM2AudioModel, state: BackboneState, row: int, position: int
     h = model.lfm(x[None].to(model.dtype), state, torch.tensor([position]), rows=torch.tensor([row]),
                   kv_len=position + x.shape[0])
     return h[0, -1]
-
-
-@torch.inference_mode()
-def decode_step(
-    model: LFM2AudioModel,
-    state: BackboneState,
-    x: Tensor,
-    positions: list[int],
-    rows: list[int] | None,
-    want: list[Modality],
-    sampling: list[RowSampling],
-    hidden: Tensor | None = None,
-) -> list[int | tuple[int, ...]]:
-    """One step for B rows. x [B, hidden]: each row's new input (its last fed-back item), or None with
-    `hidden` [B, hidden] given instead (the first step after a prefill already has its hidden state).
-    want[b]: what row b samples. Returns a text token (int) or an audio frame (tuple of codes) per row."""
-    if hidden is None:
-        row_index = None if rows is None else torch.tensor(rows)
-        h = model.lfm(x[:, None].to(model.dtype), state, torch.tensor(positions), rows=row_index,
-                      kv_len=max(positions) + 1)[:, 0]
-    else:
-        h = hidden
-    return sample_items(model, h, want, sampling)
 
 
 def sample_items(

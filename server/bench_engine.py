@@ -134,18 +134,11 @@ def ttfa_worker(args: argparse.Namespace) -> None:
     print(json.dumps({"impl": "ours", "turns": turns}))
 
 
-def _run(cmd: list[str]) -> dict:
-    import subprocess
-
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def run_engine_bench(args: argparse.Namespace, ref_python: str | None, checkpoint,
                      parts: tuple[str, ...] = ("throughput", "ttfa")) -> dict:
     """Runs the parts asked for; a part not run keeps its results from the last run (engine.json)."""
+    from server.bench import _run
+
     out: Path = args.out
     saved = out / "engine.json"
     results: dict = json.loads(saved.read_text()) if saved.is_file() else {}

@@ -112,7 +112,7 @@ class Connection:
         self.state.sessions.discard(self)
         duration = time.monotonic() - self.opened
         self.state.metrics.session_ended(self.transport, duration)
-        self.state.metrics.audio_in(self.session.stats["input_audio_s"])
+        self.state.metrics.audio_in(self.session.input_audio_s)
         log.info(json.dumps({"event": "session_end", "session": self.adapter.session_id, "transport":
                              self.transport, "duration_s": round(duration, 3), "turns": self.turns, **extra}))
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.chat import ASR_PROMPT, CHAT_PROMPT, TTS_VOICES, Chat
+from models.chat import ASR_PROMPT, CHAT_AUDIO_SAMPLING, CHAT_PROMPT, TTS_AUDIO_SAMPLING, TTS_VOICES, Chat
 from models.checkpoint import Checkpoint
 from models.config import EOA
 from models.generation import Finish
@@ -25,7 +25,7 @@ MODES = ("chat", "asr", "tts")
 def default_sampling(mode: str) -> tuple[SamplingParams, SamplingParams]:
     """(text, audio) sampling as the model card recommends: text greedy; audio T=1.0 k=4 for chat,
     T=0.8 k=64 for TTS."""
-    audio = SamplingParams(0.8, 64) if mode == "tts" else SamplingParams(1.0, 4)
+    audio = TTS_AUDIO_SAMPLING if mode == "tts" else CHAT_AUDIO_SAMPLING
     return SamplingParams(), audio
 
 

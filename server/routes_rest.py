@@ -15,10 +15,10 @@ from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Uploa
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from models.chat import ASR_PROMPT, TTS_VOICES
+from models.chat import ASR_PROMPT, TTS_AUDIO_SAMPLING, TTS_VOICES
 from server.realtime import ProtocolError, apply_session_update
 from streaming import messages as m
-from streaming.audio import float_to_pcm16, resample
+from streaming.audio import float_to_pcm16, read_wav, resample
 from streaming.session import SessionConfig
 
 __all__ = ["router"]
@@ -120,8 +120,8 @@ async def speech(body: SpeechRequest, request: Request, authorization: AuthHeade
     # Room for about a third of a second of speech per character: a real model ends well before (end of
     # audio), and a random one cannot run for minutes.
     limit = min(_state(request).settings.max_response_tokens, 64 + 4 * len(body.input))
-    req = m.ResponseRequest("speech", "speech_item", m.Mode.TTS, max_tokens=limit, audio_temperature=0.8,
-                            audio_top_k=64)
+    req = m.ResponseRequest("speech", "speech_item", m.Mode.TTS, max_tokens=limit,
+                            audio_temperature=TTS_AUDIO_SAMPLING.temperature, audio_top_k=TTS_AUDIO_SAMPLING.top_k)
     events = _one_shot(request, TTS_VOICES[voice], body.input, None, req)
     first = await anext(events)  # errors (full, not ready) surface as HTTP statuses before streaming starts
 
@@ -176,8 +176,6 @@ async def transcriptions(
 
 
 def _read_wav(data: bytes) -> np.ndarray:
-    from streaming.audio import read_wav
-
     audio, rate = read_wav(io.BytesIO(data))
     if len(audio) == 0:
         raise ValueError("the file has no audio")

@@ -432,16 +432,11 @@ class Engine:
 
     def _view(self, slot: _Slot) -> SlotView:
         r = slot.response
-        pending = 0 if r.prefilled else max(1, self._pending_positions(slot))
+        pending = 0 if r.prefilled else max(1, slot.conv.pending_length())
         lead = 0.0
         if r.timings.first_audio is not None:
             lead = r.frames * FRAME_S - (time.perf_counter() - r.timings.first_audio)
         return SlotView(slot.index, slot.waiting_since, pending, r.prefilled, lead, slot.skipped_last)
-
-    def _pending_positions(self, slot: _Slot) -> int:
-        if slot.conv.stale:
-            return slot.conv.length()
-        return slot.conv.length() - slot.conv.position
 
     def _encode_one(self) -> None:
         for slot in list(self._slots.values()):

@@ -188,8 +188,8 @@ class Session:
         self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
         self._vad_origin_ms = 0  # session ms where the detector's own timeline starts
         self._next_response: dict | None = None  # requested while an interrupted one winds down
-        self._engine_ids: set[str] = set()
-        self.stats = {"input_audio_s": 0.0}
+        self._instructions_added = False
+        self.input_audio_s = 0.0
         self._set_instructions(self.config.instructions)
 
     # ---- configuration
@@ -215,10 +215,10 @@ class Session:
     def _set_instructions(self, text: str) -> None:
         if self.config.kind == "transcription":
             text = ASR_PROMPT
-        if "instructions" in self._engine_ids:
+        if self._instructions_added:
             self.handle.delete_item("instructions")
         self.handle.add_item("instructions", "system", text=text, first=True)
-        self._engine_ids.add("instructions")
+        self._instructions_added = True
 
     # ---- input audio
     def append_audio(self, data: bytes, event_id: str | None = None) -> None:
@@ -237,7 +237,7 @@ class Session:
             return
         self._buffer = np.concatenate([self._buffer, pcm])
         self._written_ms += 1000 * len(pcm) / IN_RATE
-        self.stats["input_audio_s"] += len(pcm) / IN_RATE
+        self.input_audio_s += len(pcm) / IN_RATE
         if self._vad is not None:
             for ev in self._vad.push(pcm):
                 self._on_vad(ev)
@@ -321,7 +321,6 @@ class Session:
         else:
             self.items.insert(self._index(after) + 1, item)
         self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after)
-        self._engine_ids.add(item.id)
 
     def _index(self, item_id: str) -> int:
         for i, it in enumerate(self.items):
@@ -420,7 +419,6 @@ class Session:
         if len(self.responses) > 64:  # keep the recent ones (for truncation)
             self.responses.pop(next(iter(self.responses)))
         self.items.append(item)
-        self._engine_ids.add(item.id)
         cfg = self.config
         self.handle.respond(m.ResponseRequest(
             r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
