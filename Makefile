@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/lfm-audio bench
+	$(BIN)/python -m bench
 
 golden: $(STAMP)
 	tools/golden/regenerate.sh

@@ -1,7 +1,11 @@
-"""The reference implementation's side of `lfm-audio bench`; runs in the reference venv
-(tools/golden/setup_venv.sh), one measurement per process, and prints one JSON line.
+"""The reference implementation's side of `python -m bench`: one measurement per process, one JSON line.
 
-    .cache/golden-venv/bin/python bench/reference_bench.py --ckpt DIR --items 200 --threads 2
+Runs in the reference's own venv (tools/golden/setup_venv.sh: Python 3.12, liquid-audio) and needs none of
+our code: what both sides must share comes in as flags (the system prompt) and as a safetensors file of
+the user clips (bench/clips.py writes it: "warmup", then "turn0", "turn1", ...; metadata "sample_rate").
+
+    .cache/golden-venv/bin/python bench/reference_bench.py --ckpt DIR --clips FILE \\
+        --system-prompt "Respond with interleaved text and audio." --items 200 --threads 2
 
 What it measures is what the reference's own demo does on every turn, building the chat (the whole history
 is re-prefilled and every clip re-encoded on each `generate_interleaved` call) and generating greedily.
@@ -12,28 +16,35 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from server.bench import clip
+WARMUP_ITEMS = 8
+
+
+def read_clips(path: Path) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+    """(sample rate, warm-up clip, user clips in turn order)."""
+    with safe_open(str(path), framework="pt") as f:
+        turns = [f.get_tensor(f"turn{i}") for i in range(len(f.keys()) - 1)]
+        return int(f.metadata()["sample_rate"]), f.get_tensor("warmup"), turns
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ckpt", type=Path, required=True)
+    ap.add_argument("--clips", type=Path, required=True, help="warm-up and user clips, one turn each")
+    ap.add_argument("--system-prompt", required=True)
     ap.add_argument("--items", type=int, default=200)
-    ap.add_argument("--turns", type=int, default=1)
-    ap.add_argument("--clip-seconds", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from liquid_audio import ChatState, LFM2AudioModel, LFM2AudioProcessor
 
+    rate, warmup_clip, clips = read_clips(args.clips)
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     model = LFM2AudioModel.from_pretrained(args.ckpt, device="cpu", dtype=dtype).eval()
@@ -42,21 +53,21 @@ def main() -> None:
 
     chat = ChatState(proc, dtype=dtype)
     chat.new_turn("system")
-    chat.add_text("Respond with interleaved text and audio.")
+    chat.add_text(args.system_prompt)
     chat.end_turn()
     # warm-up on a throwaway chat
     warm = ChatState(proc, dtype=dtype)
     warm.new_turn("user")
-    warm.add_audio(clip(1.0, 99)[None], 16000)
+    warm.add_audio(warmup_clip[None], rate)
     warm.end_turn()
     warm.new_turn("assistant")
-    for _ in model.generate_interleaved(**warm, max_new_tokens=8):
+    for _ in model.generate_interleaved(**warm, max_new_tokens=WARMUP_ITEMS):
         pass
 
     turns = []
-    for turn in range(args.turns):
+    for audio in clips:
         chat.new_turn("user")
-        chat.add_audio(clip(args.clip_seconds, turn)[None], 16000)
+        chat.add_audio(audio[None], rate)
         chat.end_turn()
         chat.new_turn("assistant")
         start = time.perf_counter()
@@ -71,8 +82,8 @@ def main() -> None:
         end = time.perf_counter()
         frames = sum(1 for i in items if i.numel() == 8)
         text = [i for i in items if i.numel() == 1]
-        audio = [i for i in items if i.numel() == 8]
-        chat.append(text=torch.stack(text, 1), audio_out=torch.stack(audio, 1),
+        audio_codes = [i for i in items if i.numel() == 8]
+        chat.append(text=torch.stack(text, 1), audio_out=torch.stack(audio_codes, 1),
                     modality_flag=torch.tensor([1 if i.numel() == 1 else 3 for i in items]))
         chat.end_turn()
         turns.append({

@@ -1,4 +1,4 @@
-"""The `lfm-audio` command: serve, make-checkpoint, generate, bench."""
+"""The `lfm-audio` command: serve, make-checkpoint, generate (the benchmarks: `python -m bench`)."""
 
 from __future__ import annotations
 
@@ -127,12 +127,6 @@ def _add_settings_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=None, help=field.description)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from server.bench import run_bench
-
-    return run_bench(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfm-audio", description="Real-time speech-to-speech for LFM2-Audio")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,23 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("bench", help="measure speed against the reference implementation")
-    p.add_argument("--sizes", default="tiny,full", help="checkpoint sizes to measure")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--frames", type=int, default=0, help="audio frames per measurement (0 = per size default)")
-    p.add_argument("--reference-venv", help="the reference's venv (default: tools/golden/setup_venv.sh)")
-    p.add_argument("--no-reference", action="store_true", help="measure ours only")
-    p.add_argument("--suite", choices=["single", "engine", "ttfa", "all"], default="all",
-                   help="single: one session vs the reference; engine: batching and time to first audio; "
-                        "ttfa: only the time to first audio")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="dtypes of the engine measurements")
-    p.add_argument("--turns", type=int, default=5, help="turns of the time-to-first-audio conversation")
-    p.add_argument("--ttfa-items", type=int, default=120,
-                   help="items (text tokens + audio frames) per answer in that conversation: 120 is about 5 s of "
-                        "speech, what a spoken answer is")
-    p.add_argument("--compile", action="store_true", help="engine sweep with compiled decode steps")
-    p.add_argument("--out", type=Path, default=Path("bench/out"))
-    p.set_defaults(func=cmd_bench)
     return parser
 
 

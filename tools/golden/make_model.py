@@ -21,9 +21,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bench.clips import clip
 from models.checkpoint import tensors_digest
 from models.random_checkpoint import write_random_checkpoint
-from server.bench import clip
 
 ASSETS = Path(__file__).resolve().parents[2] / "tests" / "golden" / "assets"
 SEED = 0
