@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from models.config import PreprocessorConfig
 from models.mel import MelInputError, audio_positions, log_mel, mel_filterbank, n_mel_frames
+from tests.models.tolerances import MEL_ATOL
 
 ASSET = Path(__file__).resolve().parents[1] / "golden" / "assets" / "encoder_mel.safetensors"
 
@@ -40,7 +41,7 @@ def test_matches_reference_preprocessor(golden, i):
     mel = log_mel(wave, CFG)
     assert mel.shape == ref.shape == (128, wave.numel() // 160 + 1)
     assert mel.dtype == torch.float32
-    torch.testing.assert_close(mel, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mel, ref, atol=MEL_ATOL, rtol=0)
 
 
 @pytest.mark.golden
