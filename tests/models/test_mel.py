@@ -87,6 +87,8 @@ def test_per_feature_normalisation():
 def test_gain_invariance_away_from_the_log_guard():
     # A louder clip gives the same normalised mel: log(g^2 P) only shifts each feature.
     # The lowest bands hold so little power (pre-emphasis removes DC) that the 2^-24 guard matters there.
+    # Tolerance: the guard's effect on bands >= 32 is 1.90e-3 for this (seeded) clip, the same in float64, so it
+    # is math, not rounding; each fp32 mel is within 2.2e-5 of float64, so any kernel gives <= 1.95e-3.
     wave = 0.05 * torch.randn(4000)
     torch.testing.assert_close(log_mel(4 * wave, CFG)[32:], log_mel(wave, CFG)[32:], atol=2e-3, rtol=0)
 

@@ -22,3 +22,8 @@ ENCODER_FP32_TOL = 1e-5
 BF16_RMS_RATIO = (0.75, 1.25)
 # The same ratio for the worst element: measured 1.10 (encoder) on AMD, 1.00 on Intel; bugs above give 2.2-25.
 BF16_MAX_RATIO = 1.5
+
+# Backbone chunked/stepped/ring passes against one full pass (fp32, random weights, outputs up to 4.9): each pass
+# is within 7.3e-6 of float64 (worst of 12 seeds), so two passes differ by <= 1.5e-5 (measured 9.9e-6 at the
+# tests' seed: the old 1e-5 held by luck); x2 margin. rtol 1e-5 as before, for the largest outputs.
+LFM2_PASSES_ATOL = 3e-5
