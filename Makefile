@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench golden clean
+.PHONY: install run test system-deps lint bench golden clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/lfm-audio serve
 
-test: $(STAMP)
+# System packages first (installed as root, else the command to run), before minutes of pip.
+test: system-deps $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+system-deps:
+	@tools/system-deps.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -119,7 +119,7 @@ def test_stream_equals_offline(det, T):
     c = codes(2, T, seed=T)
     offline = det.decode(c)
     assert offline.shape == (2, T * 1920)
-    torch.testing.assert_close(stream(det, c), offline)
+    torch.testing.assert_close(stream(det, c), offline)  # default fp32 atol 1e-5: measured <= 7.2e-7 here
 
 
 @torch.no_grad()
@@ -215,6 +215,7 @@ def load_golden() -> tuple[Detokenizer, torch.Tensor, torch.Tensor]:
 def test_golden_against_reference():
     det, c, ref = load_golden()
     assert c.shape == (2, 8, 10) and ref.shape == (2, 10 * 1920)
+    # Measured 1.4e-6 on AMD against the reference recorded on Intel (audio scale ~0.4): x30 margin on atol.
     tol = dict(rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     torch.testing.assert_close(det.decode(c), ref, **tol)
     torch.testing.assert_close(stream(det, c), ref, **tol)

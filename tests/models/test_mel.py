@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from models.config import PreprocessorConfig
 from models.mel import MelInputError, audio_positions, log_mel, mel_filterbank, n_mel_frames
+from tests.models.tolerances import MEL_ATOL
 
 ASSET = Path(__file__).resolve().parents[1] / "golden" / "assets" / "encoder_mel.safetensors"
 
@@ -40,7 +41,7 @@ def test_matches_reference_preprocessor(golden, i):
     mel = log_mel(wave, CFG)
     assert mel.shape == ref.shape == (128, wave.numel() // 160 + 1)
     assert mel.dtype == torch.float32
-    torch.testing.assert_close(mel, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mel, ref, atol=MEL_ATOL, rtol=0)
 
 
 @pytest.mark.golden
@@ -86,6 +87,8 @@ def test_per_feature_normalisation():
 def test_gain_invariance_away_from_the_log_guard():
     # A louder clip gives the same normalised mel: log(g^2 P) only shifts each feature.
     # The lowest bands hold so little power (pre-emphasis removes DC) that the 2^-24 guard matters there.
+    # Tolerance: the guard's effect on bands >= 32 is 1.90e-3 for this (seeded) clip, the same in float64, so it
+    # is math, not rounding; each fp32 mel is within 2.2e-5 of float64, so any kernel gives <= 1.95e-3.
     wave = 0.05 * torch.randn(4000)
     torch.testing.assert_close(log_mel(4 * wave, CFG)[32:], log_mel(wave, CFG)[32:], atol=2e-3, rtol=0)
 

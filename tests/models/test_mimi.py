@@ -112,7 +112,7 @@ def test_streaming_rows_at_different_times_equal_offline(tiny):
                 got[r].append(pcm[i])
                 done[r] += 1
         tick += 1
-    for r in range(3):
+    for r in range(3):  # measured <= 6.4e-7 (streaming vs offline, same machine; 2.7e-6 across kernels): x3 margin
         torch.testing.assert_close(torch.cat(got[r]), want[r], rtol=1e-5, atol=1e-5)
     for a, b in zip(spare, _state_tensors(state), strict=True):
         assert torch.equal(_row(a, 3), _row(b, 3))
@@ -215,6 +215,7 @@ def golden() -> tuple[Mimi, dict[str, torch.Tensor]]:
 def test_golden_decode_matches_reference_streaming(golden):
     model, g = golden
     codes, ref = g["codes"], g["decode_stream"]
+    # atol: ours on AMD against the reference recorded on Intel differ by <= 2.7e-6: x3.7 margin.
     torch.testing.assert_close(model.decode(codes), ref, rtol=0, atol=1e-5)
     state = MimiDecoderState.allocate(model.cfg, rows=codes.shape[0])
     stream = torch.cat([model.step(codes[:, :, t], state) for t in range(codes.shape[2])], dim=1)

@@ -47,6 +47,8 @@ def _assert_sequence(items, golden, name):
 def test_mel_and_encoder_match_reference(tiny, golden):
     _, g = golden
     mel = log_mel(g["wave"], tiny.config.preprocessor)
+    # 1e-4 (+1e-4 relative): measured 2.0e-5 (mel), 1.2e-6 (embeddings), 2.0e-6 (logits) on AMD against the
+    # reference recorded on Intel; the mel's cross-kernel bound is 1e-4 (tests/models/tolerances.py).
     torch.testing.assert_close(mel, g["mel"], rtol=1e-4, atol=1e-4)
     with torch.inference_mode():
         emb = tiny.model.encode_audio([g["mel"]])[0]
