@@ -27,7 +27,7 @@ from server.errors import ApiError, api_error_response
 from server.metrics import Metrics
 from server.settings import Settings
 
-__all__ = ["AppState", "Loaded", "create_app", "load_engine"]
+__all__ = ["AppState", "Loaded", "create_app", "engine_for", "load_engine"]
 
 log = logging.getLogger("lfm_audio")
 WEB_CLIENT = Path(__file__).resolve().parents[1] / "web_client"
@@ -65,11 +65,17 @@ def load_engine(settings: Settings) -> Loaded:
 
     from models.checkpoint import load_checkpoint
     from models.random_checkpoint import embedded_default
-    from streaming.engine import Engine, EngineConfig
 
     source = settings.model or embedded_default()
     ckpt = load_checkpoint(source, device=settings.device, dtype=getattr(torch, settings.dtype) if settings.dtype
                            else None)
+    return engine_for(ckpt, settings)
+
+
+def engine_for(ckpt, settings: Settings) -> Loaded:
+    """An engine, sized by the settings, on a loaded checkpoint (models.checkpoint.Checkpoint)."""
+    from streaming.engine import Engine, EngineConfig
+
     engine = Engine(ckpt, EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
                                        prefill_budget=settings.prefill_budget, decoder=settings.decoder,
                                        compile=settings.compile))
@@ -136,6 +142,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
         restore_host_addresses = routes_webrtc.use_host_addresses(settings.webrtc_host_addresses)
         # The engine thread runs Python between its tensor ops: hand the GIL back to the event loop more
         # often than the default 5 ms, so that the loop is never late by more than a few milliseconds.
+        switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(0.001)
         engine.start()
         lag_task = asyncio.create_task(_watch_loop(state.metrics))
@@ -153,6 +160,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
         lag_task.cancel()
         engine.stop()
         restore_host_addresses()
+        sys.setswitchinterval(switch_interval)  # process-wide: as it was (several apps may run in one process)
 
     app = FastAPI(title="lfm-audio", version=VERSION, lifespan=lifespan)
     app.state.lfm = state
