@@ -89,7 +89,7 @@ def _warm_up(engine) -> None:
 
     import numpy as np
 
-    from models.chat import CHAT_PROMPT
+    from models.defaults import CHAT_PROMPT, INPUT_RATE
     from streaming.messages import ResponseDone, ResponseRequest, SessionFailed
 
     done = threading.Event()
@@ -103,7 +103,7 @@ def _warm_up(engine) -> None:
 
     session = engine.open(sink)
     session.add_item("sys", "system", text=CHAT_PROMPT)
-    session.add_item("u", "user", audio=np.zeros(16000, np.float32))
+    session.add_item("u", "user", audio=np.zeros(INPUT_RATE, np.float32))  # a second of silence
     session.respond(ResponseRequest("warmup", "warmup_item", max_tokens=16))
     done.wait(600)
     session.close()
