@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fractions
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from av import AudioFrame
 
 from server.webrtc_tracks import FRAME, RATE, SpeechTrack, read_audio, to_mono
 from streaming import session as s
-from streaming.audio import OPUS_PCM, InputDecoder, float_to_pcm16
+from streaming.audio import OPUS_PCM, AudioFormat, InputDecoder, float_to_pcm16
 from streaming.vad import VadConfig
 
 
@@ -212,3 +213,13 @@ async def test_webrtc_input_between_turns_holds_seconds_not_minutes(say):
     session.close()
     session.append_audio(pcm48k(audio[:320]))  # after close: ignored
     assert len(events) == 4 and isinstance(events[3], s.ResponseStarted)
+
+
+async def test_webrtc_input_ignores_the_client_input_format():
+    """audio.input.format describes WebSocket bytes; a WebRTC session keeps decoding its track (OPUS_PCM)."""
+    events: list = []
+    session = s.Session(Engine(), events.append, s.SessionConfig(turn_detection=None), media_input=OPUS_PCM)
+    session.update(replace(session.config, input_format=AudioFormat.parse("g711_ulaw")))
+    assert session.config.input_format.kind == "pcmu"  # still what the client is told
+    session.append_audio(pcm48k(tone(0.5, 16_000)))
+    assert len(session._buffer) == pytest.approx(8000, abs=800)  # 0.5 s at 16 kHz, less the resampler's lag
