@@ -1,6 +1,10 @@
 """The FastAPI application, assembled in a lifespan: load the checkpoint, warm up, start the engine; on
 shutdown stop accepting, let running responses finish up to a grace period, close sessions, stop the
 engine. Nothing touches the model at import time.
+
+`create_app(settings, load=...)` is the seam for in-process tests: `load(settings) -> Loaded` replaces the
+checkpoint loading, so that a test hands the app an engine it built (the real one on a checkpoint it already
+has, or any object with the same interface: start, stop, ready, open, config.max_sessions, slots_free, stats).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +23,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from server.auth import Auth
+from server.errors import ApiError, api_error_response
 from server.metrics import Metrics
 from server.settings import Settings
 
-__all__ = ["AppState", "create_app"]
+__all__ = ["AppState", "Loaded", "create_app", "engine_for", "load_engine"]
 
 log = logging.getLogger("lfm_audio")
 WEB_CLIENT = Path(__file__).resolve().parents[1] / "web_client"
@@ -34,7 +40,6 @@ class AppState:
     auth: Auth
     metrics: Metrics | None = None
     engine: object | None = None  # streaming.engine.Engine, once loaded
-    checkpoint: object | None = None
     model_name: str = ""
     random_weights: bool = False
     warmed_up: bool = False
@@ -43,20 +48,39 @@ class AppState:
     started: float = field(default_factory=time.monotonic)
 
 
-def _load(settings: Settings):
+@dataclass(frozen=True)
+class Loaded:
+    """What the lifespan serves: an engine, not started yet, and what the server says about it."""
+
+    engine: object  # streaming.engine.Engine, or an object with its interface (see the module docstring)
+    model_name: str
+    decoder: str  # the speech detokenizer's name (a metrics label)
+    random_weights: bool = False
+    source: str = ""  # where the weights came from (the random-weights warning names it)
+
+
+def load_engine(settings: Settings) -> Loaded:
+    """The checkpoint the settings name (default: the embedded tiny random one) and an engine on it."""
     import torch
 
     from models.checkpoint import load_checkpoint
     from models.random_checkpoint import embedded_default
-    from streaming.engine import Engine, EngineConfig
 
     source = settings.model or embedded_default()
     ckpt = load_checkpoint(source, device=settings.device, dtype=getattr(torch, settings.dtype) if settings.dtype
                            else None)
+    return engine_for(ckpt, settings)
+
+
+def engine_for(ckpt, settings: Settings) -> Loaded:
+    """An engine, sized by the settings, on a loaded checkpoint (models.checkpoint.Checkpoint)."""
+    from streaming.engine import Engine, EngineConfig
+
     engine = Engine(ckpt, EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
                                        prefill_budget=settings.prefill_budget, decoder=settings.decoder,
                                        compile=settings.compile))
-    return ckpt, engine
+    return Loaded(engine, ckpt.directory.name, engine.runner.decoder_name, ckpt.random is not None,
+                  str(ckpt.directory))
 
 
 def _warm_up(engine) -> None:
@@ -65,7 +89,7 @@ def _warm_up(engine) -> None:
 
     import numpy as np
 
-    from models.chat import CHAT_PROMPT
+    from models.defaults import CHAT_PROMPT, INPUT_RATE
     from streaming.messages import ResponseDone, ResponseRequest, SessionFailed
 
     done = threading.Event()
@@ -79,7 +103,7 @@ def _warm_up(engine) -> None:
 
     session = engine.open(sink)
     session.add_item("sys", "system", text=CHAT_PROMPT)
-    session.add_item("u", "user", audio=np.zeros(16000, np.float32))
+    session.add_item("u", "user", audio=np.zeros(INPUT_RATE, np.float32))  # a second of silence
     session.respond(ResponseRequest("warmup", "warmup_item", max_tokens=16))
     done.wait(600)
     session.close()
@@ -95,7 +119,9 @@ async def _watch_loop(metrics: Metrics, period: float = 0.05) -> None:
         metrics.event_loop_lag(time.perf_counter() - t0 - period)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, load: Callable[[Settings], Loaded] = load_engine) -> FastAPI:
+    from server import routes_ops, routes_rest, routes_webrtc, routes_ws
+
     settings = settings or Settings()
     state = AppState(settings, Auth(settings))
 
@@ -105,24 +131,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("NO API KEYS CONFIGURED: anyone who can reach %s:%s may use this server "
                         "(set LFM_AUDIO_API_KEYS)", settings.host, settings.port)
         t0 = time.perf_counter()
-        ckpt, engine = await asyncio.to_thread(_load, settings)
-        state.checkpoint, state.engine = ckpt, engine
-        state.model_name = ckpt.directory.name
-        state.random_weights = ckpt.random is not None
-        state.metrics = Metrics({"version": VERSION, "model": state.model_name, "decoder": engine.runner.decoder_name,
+        loaded = await asyncio.to_thread(load, settings)
+        engine = state.engine = loaded.engine
+        state.model_name, state.random_weights = loaded.model_name, loaded.random_weights
+        state.metrics = Metrics({"version": VERSION, "model": state.model_name, "decoder": loaded.decoder,
                                  "device": settings.device})
         if state.random_weights:
             log.warning("the checkpoint %s has RANDOM WEIGHTS: the model's speech is noise. Serve a real "
-                        "LFM2-Audio checkpoint with --model DIR or a Hub id.", ckpt.directory)
+                        "LFM2-Audio checkpoint with --model DIR or a Hub id.", loaded.source)
+        restore_host_addresses = routes_webrtc.use_host_addresses(settings.webrtc_host_addresses)
         # The engine thread runs Python between its tensor ops: hand the GIL back to the event loop more
         # often than the default 5 ms, so that the loop is never late by more than a few milliseconds.
+        switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(0.001)
         engine.start()
         lag_task = asyncio.create_task(_watch_loop(state.metrics))
         await asyncio.to_thread(_warm_up, engine)
         state.warmed_up = True
         log.info("ready in %.1f s: model %s, decoder %s, %d slots", time.perf_counter() - t0, state.model_name,
-                 engine.runner.decoder_name, settings.max_sessions)
+                 loaded.decoder, settings.max_sessions)
         yield
         state.accepting = False
         deadline = time.monotonic() + settings.shutdown_grace_s
@@ -132,14 +159,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              return_exceptions=True)
         lag_task.cancel()
         engine.stop()
+        restore_host_addresses()
+        sys.setswitchinterval(switch_interval)  # process-wide: as it was (several apps may run in one process)
 
     app = FastAPI(title="lfm-audio", version=VERSION, lifespan=lifespan)
     app.state.lfm = state
+    app.add_exception_handler(ApiError, api_error_response)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-    from server import routes_ops, routes_rest, routes_webrtc, routes_ws
-
     app.include_router(routes_ops.router)
     app.include_router(routes_rest.router)
     app.include_router(routes_ws.router)

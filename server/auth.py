@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from models.defaults import MAX_TTL_S, MIN_TTL_S
 from server.settings import Settings
 
 __all__ = ["KEY_SUBPROTOCOL", "SECRET_PREFIX", "Auth", "AuthResult"]
 
 SECRET_PREFIX = "ek_"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # browsers cannot set headers on a WebSocket: the key rides here
-MIN_TTL_S, MAX_TTL_S = 10, 7200  # OpenAI's bounds for expires_after.seconds
 MAX_SECRET_CHARS = 65_536  # refuse to hash arbitrarily large strings
 SESSION_TYPES = {"realtime": "realtime.session", "transcription": "realtime.transcription_session"}
 

@@ -10,38 +10,29 @@ import logging
 import time
 from collections.abc import Callable
 
-import numpy as np
-
+from server.audio_out import AudioOutFactory
+from server.deps import authenticate
+from server.errors import CLOSE_POLICY, CLOSE_TRY_LATER, Refused
 from server.realtime import ProtocolError, RealtimeAdapter, apply_session_update
+from streaming.audio import AudioFormat
 from streaming.messages import EngineFull
 from streaming.session import Response, Session, SessionConfig
 
-__all__ = ["Connection", "Refused"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("lfm_audio.session")
 
-CLOSE_POLICY = 1008  # authentication failed, or a bad session config
-CLOSE_TRY_LATER = 1013  # server full or not ready
-
-
-class Refused(Exception):
-    """The connection is not admitted: an error event to send, and a WebSocket close code."""
-
-    def __init__(self, code: str, message: str, close_code: int, http_status: int) -> None:
-        super().__init__(message)
-        self.code, self.message, self.close_code, self.http_status = code, message, close_code, http_status
-
-    def event(self) -> dict:
-        return {"type": "error", "event_id": "event_refused",
-                "error": {"type": "invalid_request_error", "code": self.code, "message": self.message}}
-
 
 class Connection:
-    def __init__(self, state, transport: str, send: Callable[[dict], None],
-                 play: Callable[[np.ndarray], None] | None = None) -> None:
+    """`audio_out` makes where the speech goes; `media_input` is the transport's own input format, when it has
+    one (WebRTC's decoded Opus), which then takes the place of the session's audio.input.format."""
+
+    def __init__(self, state, transport: str, send: Callable[[dict], None], audio_out: AudioOutFactory,
+                 media_input: AudioFormat | None = None) -> None:
         self.state, self.transport = state, transport
-        self.adapter = RealtimeAdapter(send, model=state.model_name, max_event_bytes=state.settings.max_event_bytes,
-                                       play=play, on_response=self.observe)
+        self.media_input = media_input
+        self.adapter = RealtimeAdapter(send, audio_out, model=state.model_name,
+                                       max_event_bytes=state.settings.max_event_bytes, on_response=self.observe)
         self.session: Session | None = None
         self.opened = time.monotonic()
         self.turns = 0
@@ -49,14 +40,11 @@ class Connection:
 
     def admit(self, authorization: str | None, subprotocols: list[str]) -> dict | None:
         """Authenticate; returns the session config carried by a client secret, or raises Refused."""
-        auth = self.state.auth.authenticate(authorization, subprotocols)
-        if not auth.ok:
-            self.state.metrics.rejected("auth")
-            raise Refused("invalid_api_key", f"authentication failed: {auth.reason}", CLOSE_POLICY, 401)
+        auth = authenticate(self.state, authorization, subprotocols)
         engine = self.state.engine
         if not self.state.accepting or engine is None or not engine.ready:
             self.state.metrics.rejected("not_ready")
-            raise Refused("server_unavailable", "the server is not ready; try again later", CLOSE_TRY_LATER, 503)
+            raise Refused(503, "server_unavailable", "the server is not ready; try again later", CLOSE_TRY_LATER)
         return auth.session
 
     def open(self, secret_session: dict | None = None, update: dict | None = None) -> None:
@@ -69,12 +57,12 @@ class Connection:
                     config = apply_session_update(config, extra)
             self.session = Session(self.state.engine, self.adapter.on_session_event, config,
                                    max_buffer_s=settings.max_input_buffer_s,
-                                   max_output_tokens=settings.max_response_tokens)
+                                   max_output_tokens=settings.max_response_tokens, media_input=self.media_input)
         except EngineFull as e:
             self.state.metrics.rejected("full")
-            raise Refused("server_full", f"{e}; try again later", CLOSE_TRY_LATER, 503) from None
+            raise Refused(503, "server_full", f"{e}; try again later", CLOSE_TRY_LATER) from None
         except ProtocolError as e:
-            raise Refused(e.code, e.message, CLOSE_POLICY, 400) from None
+            raise Refused(400, e.code, e.message, CLOSE_POLICY) from None
         self.state.sessions.add(self)
         self.state.metrics.session_started(self.transport)
         log.info(json.dumps({"event": "session_start", "session": self.adapter.session_id,

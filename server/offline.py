@@ -9,9 +9,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.chat import ASR_PROMPT, CHAT_AUDIO_SAMPLING, CHAT_PROMPT, TTS_AUDIO_SAMPLING, TTS_VOICES, Chat
+from models.chat import Chat
 from models.checkpoint import Checkpoint
 from models.config import EOA
+from models.defaults import (
+    ASR_PROMPT,
+    CHAT_AUDIO_SAMPLING,
+    CHAT_PROMPT,
+    DEFAULT_VOICE,
+    GENERATE_MAX_TOKENS,
+    MAX_CONTEXT,
+    MODES,
+    TEXT_SAMPLING,
+    TTS_AUDIO_SAMPLING,
+    TTS_VOICES,
+)
 from models.generation import Finish
 from models.lfm2 import BackboneState
 from models.sampling import SamplingParams
@@ -19,14 +31,12 @@ from models.speech import SpeechDecoder
 
 __all__ = ["MODES", "TurnResult", "default_sampling", "open_chat", "run_turn"]
 
-MODES = ("chat", "asr", "tts")
-
 
 def default_sampling(mode: str) -> tuple[SamplingParams, SamplingParams]:
     """(text, audio) sampling as the model card recommends: text greedy; audio T=1.0 k=4 for chat,
     T=0.8 k=64 for TTS."""
     audio = TTS_AUDIO_SAMPLING if mode == "tts" else CHAT_AUDIO_SAMPLING
-    return SamplingParams(), audio
+    return TEXT_SAMPLING, audio
 
 
 @dataclass
@@ -41,7 +51,7 @@ class TurnResult:
     frames: int = 0
 
 
-def open_chat(ckpt: Checkpoint, mode: str, *, voice: str = "us_female", capacity: int = 4096,
+def open_chat(ckpt: Checkpoint, mode: str, *, voice: str = DEFAULT_VOICE, capacity: int = MAX_CONTEXT,
               seed: int | None = None, compile: bool = False) -> Chat:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -63,7 +73,7 @@ def run_turn(
     *,
     audio_16k: np.ndarray | None = None,
     text: str | None = None,
-    max_new_tokens: int = 512,
+    max_new_tokens: int = GENERATE_MAX_TOKENS,
     sampling: tuple[SamplingParams, SamplingParams] | None = None,
 ) -> TurnResult:
     text_params, audio_params = sampling or default_sampling(mode)

@@ -1,9 +1,9 @@
 """The OpenAI Realtime (GA) wire format, for both transports: client JSON events -> Session calls, and
 Session events -> server JSON events (each parses as `openai.types.realtime.RealtimeServerEvent`).
 
-One `RealtimeAdapter` per connection. The transport gives it `send(event: dict)`; on WebRTC it also gives
-`play(pcm24k)`, and the audio goes to the media track instead of `response.output_audio.delta` events, and sets
-`player`: the track, which reports output_audio_buffer.started / stopped / cleared as the audio really goes out.
+One `RealtimeAdapter` per connection. The transport gives it `send(event: dict)` and where the speech goes
+(server.audio_out: delta events on a WebSocket, the media track on WebRTC); the adapter treats every transport
+alike.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import numpy as np
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from pydantic import BaseModel, ValidationError
 
+from server.audio_out import AudioOutFactory
+from server.errors import error_body
 from streaming import session as s
-from streaming.audio import AudioFormat, OutputEncoder, UnsupportedFormat
+from streaming.audio import AudioFormat, InputDecoder, UnsupportedFormat
 from streaming.vad import VadConfig
 
-__all__ = ["CLOSE", "Player", "ProtocolError", "RealtimeAdapter", "apply_session_update", "session_object"]
+__all__ = ["CLOSE", "ProtocolError", "RealtimeAdapter", "apply_session_update", "session_object"]
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +44,6 @@ class ProtocolError(Exception):
 
 
 CLOSE = {"type": "_close"}  # not sent: tells the transport to close after what is queued before it
-
-
-class Player(typing.Protocol):
-    """WebRTC's outgoing track, as the adapter drives it (besides `play`)."""
-
-    def start(self, response_id: str) -> None: ...  # what play() gets from now on is this response's audio
-
-    def end(self, response_id: str) -> None: ...  # that response has no more audio
-
-    def clear(self) -> None: ...  # drop everything queued, now
 
 
 def event_id() -> str:
@@ -159,17 +151,15 @@ def session_object(config: s.SessionConfig, session_id: str, model: str) -> dict
 
 # ---- the adapter
 class RealtimeAdapter:
-    def __init__(self, send: Callable[[dict], None], *, model: str, max_event_bytes: int,
-                 play: Callable[[np.ndarray], None] | None = None, on_response: Callable | None = None) -> None:
+    def __init__(self, send: Callable[[dict], None], audio_out: AudioOutFactory, *, model: str,
+                 max_event_bytes: int, on_response: Callable | None = None) -> None:
         self.send_event = send
+        self.audio_out = audio_out(self.emit)
         self.model = model
         self.max_event_bytes = max_event_bytes
-        self.play = play  # WebRTC: audio goes to the media track
-        self.player: Player | None = None  # WebRTC: the track (output_audio_buffer.* come from it)
         self.on_response = on_response  # metrics hook: called with each finished Response
         self.session: s.Session | None = None
         self.session_id = f"sess_{secrets.token_hex(10)}"
-        self._encoder: OutputEncoder | None = None
 
     def start(self, session: s.Session) -> None:
         self.session = session
@@ -183,8 +173,7 @@ class RealtimeAdapter:
 
     def error(self, code: str, message: str, param: str | None = None, client_event_id: str | None = None,
               type_: str = "invalid_request_error") -> None:
-        self.emit("error", error={"type": type_, "code": code, "message": message, "param": param,
-                                  "event_id": client_event_id})
+        self.emit("error", error=error_body(code, message, type_=type_, param=param, event_id=client_event_id))
 
     # ---- client -> server
     def handle_text(self, raw: str | bytes) -> None:
@@ -286,13 +275,12 @@ class RealtimeAdapter:
 
     def _on_output_audio_buffer_clear(self, data: dict, cid: str | None) -> None:
         self.session.cancel_response("client_cancelled", cid, quiet=True)
-        if self.player is not None:  # also audio of a response that is done but still playing
-            self.player.clear()
+        self.audio_out.clear()  # also audio of a response that is done but still playing
 
     # ---- server -> client
     def on_session_event(self, ev: s.Event) -> None:
         if isinstance(ev, s.ResponseAudio):
-            self._audio(ev)
+            self.audio_out.play(ev.pcm)
         elif isinstance(ev, s.ResponseText):
             r = ev.response
             kind = "response.output_audio_transcript.delta" if r.audio else "response.output_text.delta"
@@ -300,8 +288,8 @@ class RealtimeAdapter:
         elif isinstance(ev, s.SpeechEvent):
             if ev.kind == "started":
                 self.emit("input_audio_buffer.speech_started", audio_start_ms=ev.audio_ms, item_id=ev.item_id)
-                if self.player is not None and self.session.config.turn_detection.interrupt_response:
-                    self.player.clear()  # barge-in: even a finished response may still be playing
+                if self.session.config.turn_detection.interrupt_response:
+                    self.audio_out.clear()  # barge-in: even a finished response may still be playing
             else:
                 self.emit("input_audio_buffer.speech_stopped", audio_end_ms=ev.audio_ms, item_id=ev.item_id)
         elif isinstance(ev, s.AudioCommitted):
@@ -322,17 +310,6 @@ class RealtimeAdapter:
 
     def _where(self, r: s.Response) -> dict:
         return {"response_id": r.id, "item_id": r.item.id, "output_index": 0, "content_index": 0}
-
-    def _audio(self, ev: s.ResponseAudio) -> None:
-        r = ev.response
-        if self.play is not None:
-            self.play(ev.pcm)
-            return
-        if self._encoder is None:
-            self._encoder = OutputEncoder(self.session.config.output_format)
-        data = self._encoder.encode(ev.pcm)
-        if data:
-            self.emit("response.output_audio.delta", **self._where(r), delta=base64.b64encode(data).decode())
 
     def _item_added(self, item: s.ConvItem, previous: str | None) -> None:
         self.emit("conversation.item.added", item=item_json(item), previous_item_id=previous)
@@ -365,23 +342,19 @@ class RealtimeAdapter:
                       usage={"type": "duration", "seconds": seconds})
 
     def _response_started(self, r: s.Response) -> None:
-        self._encoder = None
         self.emit("response.created", response=response_json(r, self.session))
         item = item_json(r.item)
         self.emit("response.output_item.added", response_id=r.id, output_index=0, item={**item, "content": []})
         previous = self.session.items[-2].id if len(self.session.items) > 1 else None
         self.emit("conversation.item.added", item={**item, "content": []}, previous_item_id=previous)
         self.emit("response.content_part.added", **self._where(r), part=_part_json(r, empty=True))
-        if self.player is not None and r.audio:
-            self.player.start(r.id)
+        if r.audio:
+            self.audio_out.start(r.id, r.item.id, self.session.config.output_format)
 
     def _response_done(self, r: s.Response) -> None:
         where = self._where(r)
         if r.audio:
-            if self._encoder is not None and self.play is None:
-                tail = self._encoder.flush()
-                if tail:
-                    self.emit("response.output_audio.delta", **where, delta=base64.b64encode(tail).decode())
+            self.audio_out.end(r.id)  # over a WebSocket, the last delta goes out now
             self.emit("response.output_audio.done", **where)
             self.emit("response.output_audio_transcript.done", **where, transcript=r.item.content[0].transcript or "")
         else:
@@ -390,15 +363,11 @@ class RealtimeAdapter:
         self.emit("response.output_item.done", response_id=r.id, output_index=0, item=item_json(r.item))
         self.emit("conversation.item.done", item=item_json(r.item))
         self.emit("response.done", response=response_json(r, self.session))
-        if self.player is not None and r.audio:
-            self.player.end(r.id)
         if self.on_response is not None:
             self.on_response(r)
 
 
 def _decode_clip(raw: bytes, fmt: AudioFormat) -> np.ndarray:
-    from streaming.audio import InputDecoder
-
     return InputDecoder(fmt).decode(raw)
 
 

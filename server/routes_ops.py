@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+
+from server.deps import State
 
 __all__ = ["router"]
 
@@ -17,9 +19,8 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(state: State) -> JSONResponse:
     """Readiness: loaded, warmed up, engine alive and not stuck. 503 otherwise."""
-    state = request.app.state.lfm
     engine = state.engine
     ready = bool(engine is not None and state.warmed_up and engine.ready and state.accepting)
     body = {"status": "ready" if ready else "not ready", "model": state.model_name,
@@ -31,8 +32,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    state = request.app.state.lfm
+async def metrics(state: State) -> Response:
     if state.metrics is None:
         return Response("starting\n", status_code=503, media_type="text/plain")
     state.metrics.update_from(state.engine.stats())

@@ -11,11 +11,24 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from models.chat import ASR_PROMPT, TTS_AUDIO_SAMPLING, TTS_VOICES
+from models.defaults import (
+    ASR_PROMPT,
+    DEFAULT_VOICE,
+    INPUT_RATE,
+    MAX_TTL_S,
+    MIN_TTL_S,
+    OUTPUT_RATE,
+    RESPONSE_TOKENS,
+    TTS_AUDIO_SAMPLING,
+    TTS_VOICES,
+)
+from server.app import AppState
+from server.deps import Authorized, State
+from server.errors import ApiError
 from server.realtime import ProtocolError, apply_session_update
 from streaming import messages as m
 from streaming.audio import float_to_pcm16, read_wav, resample
@@ -23,8 +36,7 @@ from streaming.session import SessionConfig
 
 __all__ = ["router"]
 
-router = APIRouter()
-AuthHeader = Annotated[str | None, Header()]
+router = APIRouter(dependencies=[Authorized])  # every route here: the API key first
 
 # OpenAI's voice names onto the model's four TTS voices.
 VOICES = {**{v: v for v in TTS_VOICES},
@@ -33,33 +45,22 @@ VOICES = {**{v: v for v in TTS_VOICES},
           "verse": "us_male", "cedar": "us_male", "ballad": "us_male", "fable": "uk_male"}
 
 
-def _state(request: Request):
-    return request.app.state.lfm
+def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, code, message, param=param)
 
 
-def _authorize(request: Request, authorization: str | None) -> None:
-    result = _state(request).auth.authenticate(authorization, [])
-    if not result.ok:
-        _state(request).metrics.rejected("auth")
-        raise HTTPException(401, detail={"error": {"type": "invalid_request_error", "code": "invalid_api_key",
-                                                   "message": f"authentication failed: {result.reason}"}})
-
-
-async def _one_shot(request: Request, system: str, user_text: str | None, user_audio: np.ndarray | None,
+async def _one_shot(state: AppState, system: str, user_text: str | None, user_audio: np.ndarray | None,
                     req: m.ResponseRequest) -> AsyncIterator[m.Event]:
     """Open an engine session, ask one question, yield its events until the response is done."""
-    state = _state(request)
     if state.engine is None or not state.engine.ready or not state.accepting:
-        raise HTTPException(503, detail={"error": {"type": "server_error", "code": "server_unavailable",
-                                                   "message": "the server is not ready"}})
+        raise ApiError(503, "server_unavailable", "the server is not ready")
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     try:
         session = state.engine.open(lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
     except m.EngineFull as e:
         state.metrics.rejected("full")
-        raise HTTPException(503, detail={"error": {"type": "server_error", "code": "server_full", "message": str(e)}},
-                            headers={"Retry-After": "1"}) from None
+        raise ApiError(503, "server_full", str(e)) from None
     state.metrics.session_started("http")
     opened = time.monotonic()
     try:
@@ -77,9 +78,7 @@ async def _one_shot(request: Request, system: str, user_text: str | None, user_a
 
 
 @router.get("/v1/models")
-async def models(request: Request, authorization: AuthHeader = None) -> dict:
-    _authorize(request, authorization)
-    state = _state(request)
+async def models(state: State) -> dict:
     return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": int(state.started),
                                         "owned_by": "lfm-audio", "random_weights": state.random_weights}]}
 
@@ -87,7 +86,7 @@ async def models(request: Request, authorization: AuthHeader = None) -> dict:
 class SpeechRequest(BaseModel):
     model: str | None = None
     input: str = Field(min_length=1, max_length=4096)
-    voice: str = "alloy"
+    voice: str = DEFAULT_VOICE
     response_format: Literal["wav", "pcm", "mp3", "opus", "aac", "flac"] = "wav"
     speed: float = 1.0
     instructions: str | None = None
@@ -101,33 +100,27 @@ def _wav_header(rate: int) -> bytes:
 
 
 @router.post("/v1/audio/speech", response_model=None)
-async def speech(body: SpeechRequest, request: Request, authorization: AuthHeader = None) -> StreamingResponse:
+async def speech(body: SpeechRequest, state: State) -> StreamingResponse:
     """Text to speech (the model's sequential TTS mode), streamed as it is generated: WAV or raw PCM
     (24 kHz, 16-bit, mono)."""
-    _authorize(request, authorization)
     if body.response_format not in ("wav", "pcm"):
-        raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "unsupported_format",
-                                                   "param": "response_format",
-                                                   "message": "response_format must be wav or pcm"}})
+        raise _invalid("response_format", "response_format must be wav or pcm", "unsupported_format")
     if body.stream_format != "audio":
-        raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "unsupported_format",
-                                                   "param": "stream_format", "message": "stream_format must be audio"}})
+        raise _invalid("stream_format", "stream_format must be audio", "unsupported_format")
     voice = VOICES.get(body.voice)
     if voice is None:
-        raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "invalid_value",
-                                                   "param": "voice", "message": f"unknown voice {body.voice!r}; "
-                                                   f"one of {sorted(VOICES)}"}})
+        raise _invalid("voice", f"unknown voice {body.voice!r}; one of {sorted(VOICES)}")
     # Room for about a third of a second of speech per character: a real model ends well before (end of
     # audio), and a random one cannot run for minutes.
-    limit = min(_state(request).settings.max_response_tokens, 64 + 4 * len(body.input))
+    limit = min(state.settings.max_response_tokens, 64 + 4 * len(body.input))
     req = m.ResponseRequest("speech", "speech_item", m.Mode.TTS, max_tokens=limit,
                             audio_temperature=TTS_AUDIO_SAMPLING.temperature, audio_top_k=TTS_AUDIO_SAMPLING.top_k)
-    events = _one_shot(request, TTS_VOICES[voice], body.input, None, req)
+    events = _one_shot(state, TTS_VOICES[voice], body.input, None, req)
     first = await anext(events)  # errors (full, not ready) surface as HTTP statuses before streaming starts
 
     async def body_stream() -> AsyncIterator[bytes]:
         if body.response_format == "wav":
-            yield _wav_header(24000)
+            yield _wav_header(OUTPUT_RATE)
         event = first
         while True:
             if isinstance(event, m.AudioDelta):
@@ -142,44 +135,41 @@ async def speech(body: SpeechRequest, request: Request, authorization: AuthHeade
 
 @router.post("/v1/audio/transcriptions", response_model=None)
 async def transcriptions(
-    request: Request,
+    state: State,
     file: Annotated[UploadFile, File()],
-    authorization: AuthHeader = None,
     model: Annotated[str, Form()] = "lfm-audio",
     response_format: Annotated[str, Form()] = "json",
 ) -> JSONResponse | PlainTextResponse:
     """Speech to text (the model's ASR mode). The upload is a PCM WAV file."""
-    _authorize(request, authorization)
     if response_format not in ("json", "text"):
-        raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "unsupported_format",
-                                                   "param": "response_format", "message": "use json or text"}})
+        raise _invalid("response_format", "use json or text", "unsupported_format")
     data = await file.read()
     try:
         audio = _read_wav(data)
     except (wave.Error, EOFError, ValueError) as e:
-        raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "invalid_file",
-                                                   "param": "file", "message": f"expected a PCM WAV file: {e}"}}
-                            ) from None
-    req = m.ResponseRequest("asr", "asr_item", m.Mode.ASR, max_tokens=1024, audio=False, audio_temperature=0.0)
+        raise _invalid("file", f"expected a PCM WAV file: {e}", "invalid_file") from None
+    # An upload may be long: a response's limit, not the (shorter) one of a Realtime input transcription.
+    req = m.ResponseRequest("asr", "asr_item", m.Mode.ASR, max_tokens=RESPONSE_TOKENS, audio=False,
+                            audio_temperature=0.0)
     text, failed = "", None
-    async for event in _one_shot(request, ASR_PROMPT, None, audio, req):
+    async for event in _one_shot(state, ASR_PROMPT, None, audio, req):
         if isinstance(event, m.ResponseDone):
             text = event.text
         elif isinstance(event, m.SessionFailed):
             failed = event.message
     if failed:
-        raise HTTPException(500, detail={"error": {"type": "server_error", "code": "failed", "message": failed}})
+        raise ApiError(500, "failed", failed)
     text = text.strip()
     if response_format == "text":
         return PlainTextResponse(text)
-    return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": round(len(audio) / 16000, 3)}})
+    return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": round(len(audio) / INPUT_RATE, 3)}})
 
 
 def _read_wav(data: bytes) -> np.ndarray:
     audio, rate = read_wav(io.BytesIO(data))
     if len(audio) == 0:
         raise ValueError("the file has no audio")
-    return resample(audio, rate, 16000)
+    return resample(audio, rate, INPUT_RATE)
 
 
 class ClientSecretRequest(BaseModel):
@@ -188,19 +178,14 @@ class ClientSecretRequest(BaseModel):
 
 
 @router.post("/v1/realtime/client_secrets")
-async def client_secrets(body: ClientSecretRequest, request: Request,
-                         authorization: AuthHeader = None) -> dict:
+async def client_secrets(body: ClientSecretRequest, state: State) -> dict:
     """Mint a short-lived, single-session secret (`ek_...`) that a browser can use instead of an API key."""
-    _authorize(request, authorization)
-    state = _state(request)
     if body.session is not None:
         try:
             apply_session_update(SessionConfig(), body.session)
         except ProtocolError as e:
-            raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": e.code,
-                                                       "param": e.param, "message": e.message}}) from None
+            raise _invalid(e.param, e.message, e.code) from None
     ttl = (body.expires_after or {}).get("seconds")
-    if ttl is not None and not (isinstance(ttl, int) and 10 <= ttl <= 7200):
-        raise HTTPException(400, detail={"error": {"type": "invalid_request_error", "code": "invalid_value",
-                                                   "param": "expires_after.seconds", "message": "10 to 7200"}})
+    if ttl is not None and not (isinstance(ttl, int) and MIN_TTL_S <= ttl <= MAX_TTL_S):
+        raise _invalid("expires_after.seconds", f"{MIN_TTL_S} to {MAX_TTL_S}")
     return state.auth.mint(body.session, ttl)

@@ -12,22 +12,25 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 from fastapi import APIRouter, Header, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from server.connection import Connection, Refused
+from server.connection import Connection
+from server.deps import State
+from server.errors import ApiError
+from server.outbox import Outbox
 from server.realtime import CLOSE
-from server.routes_ws import Outbox
 from server.settings import Settings
 from server.webrtc_tracks import SpeechTrack, read_audio
+from streaming.audio import OPUS_PCM
 
-__all__ = ["Call", "router"]
+__all__ = ["Call", "router", "use_host_addresses"]
 
 router = APIRouter()
 log = logging.getLogger("lfm_audio.webrtc")
@@ -37,8 +40,9 @@ MAX_OFFER_BYTES = 100_000
 OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 
 
-class BadOffer(Exception):
-    pass
+class BadOffer(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "invalid_offer", message)
 
 
 class Call:
@@ -68,11 +72,11 @@ class Call:
 
     def _on_track(self, track) -> None:
         if track.kind == "audio" and self.reader is None:
-            self.reader = self.spawn(read_audio(track, self._push))
+            self.reader = self.spawn(read_audio(track, self._append))
 
-    def _push(self, pcm) -> None:
+    def _append(self, pcm16: bytes) -> None:
         if not self.closed and self.conn.session is not None:
-            self.conn.session.push_audio(pcm)
+            self.conn.session.append_audio(pcm16)
 
     def _on_channel(self, channel) -> None:
         if channel.label != CHANNEL or self.channel is not None:
@@ -126,14 +130,6 @@ class Call:
         await self.pc.close()
 
 
-def _error(status: int, error: dict) -> JSONResponse:
-    return JSONResponse({"error": error}, status, headers={"Retry-After": "1"} if status == 503 else None)
-
-
-def _bad(message: str) -> JSONResponse:
-    return _error(400, {"type": "invalid_request_error", "code": "invalid_offer", "message": message})
-
-
 async def _offer(request: Request) -> tuple[str, dict | None]:
     """The SDP offer and the optional session config, from either body OpenAI accepts."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -166,33 +162,40 @@ async def _offer(request: Request) -> tuple[str, dict | None]:
     return parts["sdp"], session
 
 
+def use_host_addresses(addresses: Sequence[str]) -> Callable[[], None]:
+    """Host candidates from these addresses only; returns what undoes it. aioice gathers from every interface
+    but loopback and has no per-connection option, so this replaces its lookup for the whole process: the app
+    does it once at start-up (one server per process)."""
+    original = aioice.ice.get_host_addresses
+    if not addresses:
+        return lambda: None
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+        return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+    def undo() -> None:
+        aioice.ice.get_host_addresses = original
+
+    return undo
+
+
 def _peer(settings: Settings) -> RTCPeerConnection:
-    if settings.webrtc_host_addresses:
-        # aioice gathers from every interface but loopback and has no per-connection option: the setting
-        # replaces its lookup, process-wide (one server per process).
-        addresses = list(settings.webrtc_host_addresses)
-        aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: [
-            a for a in addresses if (use_ipv6 if ":" in a else use_ipv4)]
     # Always an explicit list: given None, aiortc falls back to a public Google STUN server.
     servers = [RTCIceServer(**server) for server in settings.ice_servers]
     return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
 @router.post("/v1/realtime/calls", status_code=201, response_class=Response)
-async def calls(request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
-    state = request.app.state.lfm
+async def calls(request: Request, state: State, authorization: Annotated[str | None, Header()] = None) -> Response:
     call_id = f"rtc_{secrets.token_hex(12)}"
     outbox = Outbox()
-    track = SpeechTrack(lambda type_, **fields: conn.adapter.emit(type_, **fields))
-    conn = Connection(state, "webrtc", outbox.put, play=track.play)
-    conn.adapter.player = track
-    try:
-        secret_session = conn.admit(authorization, [])  # before anything else: refused clients cost nothing
-        sdp, update = await _offer(request)
-    except Refused as r:
-        return _error(r.http_status, r.event()["error"])
-    except BadOffer as e:
-        return _bad(str(e))
+    conn = Connection(state, "webrtc", outbox.put, SpeechTrack, media_input=OPUS_PCM)
+    track: SpeechTrack = conn.adapter.audio_out
+    secret_session = conn.admit(authorization, [])  # before anything else: refused clients cost nothing
+    sdp, update = await _offer(request)  # raises BadOffer
 
     pc = _peer(state.settings)
     transceiver = pc.addTransceiver(track, direction="sendrecv")
@@ -204,17 +207,17 @@ async def calls(request: Request, authorization: Annotated[str | None, Header()]
             raise BadOffer("the offer has no audio m-line")
         if pc.sctp is None:
             raise BadOffer(f"the offer has no data channel: create {CHANNEL!r} before the offer")
-    except BadOffer as e:
+    except BadOffer:
         await call.close("bad offer")
-        return _bad(str(e))
+        raise
     except Exception as e:  # aiortc raises many kinds on a malformed or unusable offer
         await call.close("bad offer")
-        return _bad(f"the offer was refused ({type(e).__name__}: {e}); its audio must offer Opus")
+        raise BadOffer(f"the offer was refused ({type(e).__name__}: {e}); its audio must offer Opus") from None
     try:
         conn.open(secret_session, update)
-    except Refused as r:
+    except ApiError:
         await call.close("refused")
-        return _error(r.http_status, r.event()["error"])
+        raise
     try:
         await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate first
     except BaseException:

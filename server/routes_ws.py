@@ -5,55 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
 
 from fastapi import APIRouter, WebSocket
 
-from server.connection import Connection, Refused
+from server.audio_out import EventAudioOut
+from server.connection import Connection
+from server.deps import State
+from server.errors import Refused
+from server.outbox import Outbox
 from server.realtime import CLOSE
 
-__all__ = ["Outbox", "router"]
+__all__ = ["router"]
 
 router = APIRouter()
 CLOSE_GOING_AWAY = 1001
 CLOSE_ERROR = 1011
-OUTBOX_LIMIT = 4096  # events; beyond it the oldest audio deltas are dropped (a client that stopped reading)
-
-
-class Outbox:
-    """A bounded, non-blocking queue of outgoing events. The event loop never waits on a slow client: when
-    full, the oldest audio delta goes (and is counted), never a control event."""
-
-    def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
-        self.items: deque[dict] = deque()
-        self.limit = limit
-        self.ready = asyncio.Event()
-        self.dropped = 0
-
-    def put(self, event: dict) -> None:
-        self.items.append(event)
-        if len(self.items) > self.limit:
-            for i, e in enumerate(self.items):
-                if e.get("type") == "response.output_audio.delta":
-                    del self.items[i]
-                    self.dropped += 1
-                    break
-        self.ready.set()
-
-    async def get(self) -> dict:
-        while not self.items:
-            self.ready.clear()
-            await self.ready.wait()
-        return self.items.popleft()
 
 
 @router.websocket("/v1/realtime")
-async def realtime(ws: WebSocket) -> None:
-    state = ws.app.state.lfm
+async def realtime(ws: WebSocket, state: State) -> None:
     offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     subprotocol = "realtime" if "realtime" in offered else None
     outbox = Outbox()
-    conn = Connection(state, "websocket", outbox.put)
+    conn = Connection(state, "websocket", outbox.put, EventAudioOut)
     try:
         secret_session = conn.admit(ws.headers.get("authorization"), offered)
         conn.open(secret_session)

@@ -12,6 +12,18 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.defaults import (
+    CLIENT_SECRET_TTL_S,
+    DECODERS,
+    MAX_CONTEXT,
+    MAX_INPUT_BUFFER_S,
+    MAX_RESPONSE_TOKENS,
+    MAX_SESSIONS,
+    MAX_TTL_S,
+    MIN_TTL_S,
+    PREFILL_BUDGET,
+)
+
 __all__ = ["ICE_SCHEMES", "Settings"]
 
 ICE_SCHEMES = ("stun", "turn", "turns")  # URL schemes of ICE servers
@@ -40,11 +52,14 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="weights and activations dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    max_sessions: int = Field(8, ge=1, description="concurrent sessions (engine batch slots); more are refused")
-    max_context: int = Field(4096, ge=1, description="positions kept per session before the oldest turns are dropped")
-    prefill_budget: int = Field(256, ge=1, description="prefill positions per engine iteration (bounds the stall "
-                                                       "one long prefill causes everyone else's decode)")
-    decoder: Literal["auto", "mimi", "lfm2.5"] = Field("auto", description="speech detokenizer")
+    max_sessions: int = Field(MAX_SESSIONS, ge=1,
+                              description="concurrent sessions (engine batch slots); more are refused")
+    max_context: int = Field(MAX_CONTEXT, ge=1,
+                             description="positions kept per session before the oldest turns are dropped")
+    prefill_budget: int = Field(PREFILL_BUDGET, ge=1, description="prefill positions per engine iteration (bounds "
+                                                                  "the stall one long prefill causes everyone else's "
+                                                                  "decode)")
+    decoder: Literal[DECODERS] = Field(DECODERS[0], description="speech detokenizer")
     compile: bool = Field(False, description="torch.compile the decode step (slow start, faster steps)")
     # repr=False: settings get logged, keys must not be
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -53,7 +68,8 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         None, repr=False, min_length=16,
         description="key that signs client secrets; set the same one on every replica (default: random per process)")
-    client_secret_ttl_s: int = Field(600, ge=10, le=7200, description="default lifetime of a client secret, seconds")
+    client_secret_ttl_s: int = Field(CLIENT_SECRET_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S,
+                                     description="default lifetime of a client secret, seconds")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS, comma-separated or a JSON list (empty: no CORS)")
     ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(
@@ -64,9 +80,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="WebRTC host candidate addresses, comma-separated or a JSON list (empty: every interface "
                     "address but loopback, as aioice picks them; 127.0.0.1 for loopback-only tests)")
-    max_input_buffer_s: float = Field(60.0, gt=0, description="most uncommitted input audio per session, seconds")
+    max_input_buffer_s: float = Field(MAX_INPUT_BUFFER_S, gt=0,
+                                      description="most uncommitted input audio per session, seconds")
     max_event_bytes: int = Field(1_000_000, ge=1, description="largest client event accepted, bytes")
-    max_response_tokens: int = Field(4096, ge=1, description="cap on a response's text tokens and audio frames")
+    max_response_tokens: int = Field(MAX_RESPONSE_TOKENS, ge=1,
+                                     description="cap on a response's text tokens and audio frames")
     shutdown_grace_s: float = Field(5.0, ge=0, description="on shutdown, seconds sessions get to finish")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info",
                                                                                          description="log level")

@@ -1,5 +1,6 @@
-"""WebRTC media for a call: the outgoing track that paces the model's speech in 20 ms frames, and the reader of
-the incoming track that feeds the session 16 kHz mono.
+"""WebRTC media for a call: the outgoing track that paces the model's speech in 20 ms frames (the call's
+`AudioOut`), and the reader of the incoming track, which hands the session mono pcm16 at 48 kHz (OPUS_PCM: it
+goes through the session's InputDecoder like WebSocket audio).
 
 The outgoing track is the only one that knows what the client really got, so it reports
 output_audio_buffer.started (a response's first frame goes out), .stopped (its last frame went out after the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,11 +21,13 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from streaming.audio import MODEL_RATE, VAD_RATE, StreamResampler, float_to_pcm16
+from models.defaults import OUTPUT_RATE
+from streaming.audio import OPUS_RATE, AudioFormat, StreamResampler, float_to_pcm16
 
 __all__ = ["FRAME", "RATE", "SpeechTrack", "read_audio", "to_mono"]
 
-RATE = 48_000  # Opus's clock
+log = logging.getLogger("lfm_audio.webrtc")
+RATE = OPUS_RATE
 FRAME = 960  # 20 ms: one Opus frame
 TIME_BASE = fractions.Fraction(1, RATE)
 MAX_LATE_S = 0.1  # further behind than this (a stalled loop) and the clock restarts instead of bursting
@@ -31,7 +35,8 @@ SILENCE = np.zeros(FRAME, np.float32)
 
 
 class SpeechTrack(MediaStreamTrack):
-    """The model's 24 kHz speech as 48 kHz 20 ms frames in real time; silence when nothing is queued.
+    """The model's 24 kHz speech as 48 kHz 20 ms frames in real time; silence when nothing is queued. An
+    `AudioOut` (server.audio_out).
 
     `notify(type, **fields)` sends an event to the client. Everything runs on the event loop: the adapter calls
     start/play/end/clear, aiortc's sender calls recv."""
@@ -45,12 +50,13 @@ class SpeechTrack(MediaStreamTrack):
         self.current: str | None = None  # the response whose audio play() takes
         self.playing: str | None = None  # the response whose audio is going out
         self._pending = np.zeros(0, np.float32)  # less than a frame, waiting for more
-        self._resampler = StreamResampler(MODEL_RATE, RATE)
+        self._resampler = StreamResampler(OUTPUT_RATE, RATE)
         self._start: float | None = None  # wall time of sample 0
         self._timestamp = 0  # samples sent
 
     # ---- the producer side (the Realtime adapter)
-    def start(self, response_id: str) -> None:
+    def start(self, response_id: str, item_id: str = "", fmt: AudioFormat | None = None) -> None:
+        """The item and the session's output format do not matter here: the media track is Opus."""
         if self.current is not None:
             self.end(self.current)
         self.current = response_id
@@ -124,16 +130,18 @@ def to_mono(frame: AudioFrame) -> np.ndarray:
     return (x * scale).astype(np.float32)
 
 
-async def read_audio(track: MediaStreamTrack, push: Callable[[np.ndarray], None]) -> None:
-    """The client's audio (Opus, decoded by aiortc to 48 kHz) -> mono -> 16 kHz -> push(), until the track ends."""
-    resampler: StreamResampler | None = None
+async def read_audio(track: MediaStreamTrack, append: Callable[[bytes], None]) -> None:
+    """The client's audio (Opus, which aiortc decodes at 48 kHz) as mono pcm16 bytes in OPUS_PCM -> append(),
+    until the track ends."""
+    warned = False
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
-        if resampler is None or resampler.rate_in != frame.sample_rate:
-            resampler = StreamResampler(frame.sample_rate, VAD_RATE)
-        x = resampler.process(to_mono(frame))
-        if x.size:
-            push(x)
+        if frame.sample_rate != RATE:  # Opus is always decoded at 48 kHz: not expected to happen
+            if not warned:
+                log.warning("dropping inbound audio at %d Hz: expected %d Hz", frame.sample_rate, RATE)
+                warned = True
+            continue
+        append(float_to_pcm16(to_mono(frame)).tobytes())

@@ -11,12 +11,15 @@ from typing import BinaryIO
 import numpy as np
 import soxr
 
+from models.defaults import INPUT_RATE, OUTPUT_RATE, WIRE_RATE
+
 __all__ = [
-    "MODEL_RATE",
-    "VAD_RATE",
+    "OPUS_PCM",
+    "OPUS_RATE",
     "AudioFormat",
     "InputDecoder",
     "OutputEncoder",
+    "SampleBuffer",
     "StreamResampler",
     "UnsupportedFormat",
     "alaw_decode",
@@ -30,8 +33,7 @@ __all__ = [
     "write_wav",
 ]
 
-VAD_RATE = 16_000  # what the VAD and the model's audio encoder take
-MODEL_RATE = 24_000  # what the detokenizers produce
+OPUS_RATE = 48_000  # WebRTC's Opus clock: what a decoded media track carries
 
 
 def pcm16_to_float(pcm: bytes | np.ndarray) -> np.ndarray:
@@ -146,7 +148,7 @@ class UnsupportedFormat(ValueError):
 
 _GA_TYPES = {"pcm16": "audio/pcm", "pcmu": "audio/pcmu", "pcma": "audio/pcma"}
 _LEGACY = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
-_RATES = {"pcm16": 24_000, "pcmu": 8_000, "pcma": 8_000}
+_RATES = {"pcm16": WIRE_RATE, "pcmu": 8_000, "pcma": 8_000}  # G.711 is 8 kHz by definition
 _SUPPORTED = (
     "supported: {'type': 'audio/pcm', 'rate': 24000}, {'type': 'audio/pcmu'}, {'type': 'audio/pcma'}"
     " (or the legacy 'pcm16', 'g711_ulaw', 'g711_alaw')"
@@ -155,13 +157,14 @@ _SUPPORTED = (
 
 @dataclass(frozen=True)
 class AudioFormat:
-    """A session's audio format on the wire: pcm16 (little-endian) at 24 kHz, or G.711 mu-law/A-law at 8 kHz."""
+    """A session's audio format on the wire: pcm16 (little-endian) at 24 kHz, or G.711 mu-law/A-law at 8 kHz; or
+    OPUS_PCM, what a WebRTC track decodes to."""
 
     kind: str = "pcm16"
-    rate: int = 24_000
+    rate: int = WIRE_RATE
 
     def __post_init__(self):
-        if _RATES.get(self.kind) != self.rate:
+        if _RATES.get(self.kind) != self.rate and (self.kind, self.rate) != ("pcm16", OPUS_RATE):
             raise UnsupportedFormat(f"unsupported audio format {self.kind} at {self.rate} Hz; {_SUPPORTED}")
 
     @classmethod
@@ -187,6 +190,11 @@ class AudioFormat:
     def width(self) -> int:
         """Bytes per sample on the wire."""
         return 2 if self.kind == "pcm16" else 1
+
+
+# A decoded WebRTC track as pcm16 bytes: the WebRTC input goes through InputDecoder like a WebSocket's. Never a
+# wire format (parse() refuses it): the client's audio.input.format does not apply to Opus media.
+OPUS_PCM = AudioFormat("pcm16", OPUS_RATE)
 
 
 # --- streaming resampling and the session's codecs ------------------------------------------------------------
@@ -227,7 +235,7 @@ class StreamResampler:
 class InputDecoder:
     """Wire bytes in the session's input format -> float32 at 16 kHz, chunk by chunk."""
 
-    def __init__(self, fmt: AudioFormat, rate: int = VAD_RATE):
+    def __init__(self, fmt: AudioFormat, rate: int = INPUT_RATE):
         self.fmt, self.rate = fmt, rate
         self._resampler = StreamResampler(fmt.rate, rate)
         self._carry = b""  # the odd byte of a pcm16 chunk, completed by the next chunk
@@ -256,7 +264,7 @@ class InputDecoder:
 class OutputEncoder:
     """float32 at 24 kHz (the detokenizer's output) -> wire bytes in the session's output format."""
 
-    def __init__(self, fmt: AudioFormat, rate: int = MODEL_RATE):
+    def __init__(self, fmt: AudioFormat, rate: int = OUTPUT_RATE):
         self.fmt = fmt
         self._resampler = StreamResampler(rate, fmt.rate)
 
@@ -275,3 +283,69 @@ class OutputEncoder:
     def reset(self) -> None:
         """A cancelled response: drop what is buffered."""
         self._resampler.reset()
+
+
+class SampleBuffer:
+    """float32 samples appended at the end and consumed from the front, in amortized O(1) per sample.
+
+    One preallocated array with a start offset: appending copies only the new samples, except when the array is
+    full; then it doubles, or, when most of it has been consumed already, the live samples move to its front.
+    Either way a move copies at most as many samples as were appended or consumed since the last one, so N
+    samples cost O(N) copies in all (`copied` counts them). Copying the whole buffer on each append, as a
+    concatenate does, costs O(N^2) for N samples streamed in small chunks."""
+
+    def __init__(self, capacity: int = INPUT_RATE) -> None:
+        self._initial = capacity
+        self._data = np.zeros(capacity, np.float32)
+        self._start = self._end = 0  # live samples: _data[_start:_end]
+        self.copied = 0  # samples moved by growth or compaction (not counting the appends themselves)
+        self.allocations = 1
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        return len(self._data)
+
+    def view(self) -> np.ndarray:
+        """The live samples, without a copy: valid until the next append."""
+        return self._data[self._start:self._end]
+
+    def append(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        n, live = len(x), len(self)
+        if self._end + n > len(self._data):
+            if live + n <= len(self._data) // 2:  # mostly consumed: move the live part to the front
+                self._data[:live] = self._data[self._start:self._end]
+            else:
+                grown = np.empty(max(2 * len(self._data), live + n), np.float32)
+                grown[:live] = self._data[self._start:self._end]
+                self._data = grown
+                self.allocations += 1
+            self.copied += live
+            self._start, self._end = 0, live
+        self._data[self._end:self._end + n] = x
+        self._end += n
+
+    def drop(self, n: int) -> None:
+        """Forget the first n samples (all of them, if there are fewer)."""
+        self._start = min(self._start + max(n, 0), self._end)
+        if self._start == self._end:  # empty: start over at the front, for free
+            self._start = self._end = 0
+
+    def take(self, a: int, b: int) -> np.ndarray:
+        """A copy of samples [a, b) (clamped to what is there; empty if b <= a); everything before the range's
+        end is then dropped."""
+        a = min(max(a, 0), len(self))
+        b = min(max(b, a), len(self))
+        clip = self._data[self._start + a:self._start + b].copy()
+        self.drop(b)
+        return clip
+
+    def clear(self) -> None:
+        """Empty, and back to the initial capacity (a long turn's memory is given back)."""
+        if len(self._data) != self._initial:
+            self._data = np.zeros(self._initial, np.float32)
+            self.allocations += 1
+        self._start = self._end = 0

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.chat import ASR_PROMPT, CHAT_PROMPT
+from models.defaults import INPUT_RATE
 from streaming import messages as m
-from streaming.audio import AudioFormat, InputDecoder
+from streaming.audio import AudioFormat, InputDecoder, SampleBuffer
 from streaming.engine import Engine, EngineSession
 from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector, VadConfig
 
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-IN_RATE = 16_000
+IN_RATE = INPUT_RATE  # the name the item code still uses
 MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
 IDLE_KEEP_MS = 1000  # server VAD between turns: kept beyond prefix_padding_ms (covers the detector's delay)
 
@@ -50,8 +51,8 @@ class TurnDetection:
 class SessionConfig:
     kind: str = "realtime"  # realtime | transcription
     instructions: str = CHAT_PROMPT
-    input_format: AudioFormat = field(default_factory=lambda: AudioFormat("pcm16", 24000))
-    output_format: AudioFormat = field(default_factory=lambda: AudioFormat("pcm16", 24000))
+    input_format: AudioFormat = field(default_factory=AudioFormat)  # pcm16 at WIRE_RATE
+    output_format: AudioFormat = field(default_factory=AudioFormat)
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     transcribe_input: bool = False  # audio.input.transcription set
     output_audio: bool = True  # output_modalities ["audio"] (False: ["text"])
@@ -166,7 +167,8 @@ Event = SpeechEvent | AudioCommitted | ItemEvent | Transcription | ResponseStart
 
 class Session:
     def __init__(self, engine: Engine, emit: Callable[[Event], None], config: SessionConfig | None = None,
-                 *, max_buffer_s: float = 60.0, max_output_tokens: int = 4096) -> None:
+                 *, max_buffer_s: float = 60.0, max_output_tokens: int = 4096,
+                 media_input: AudioFormat | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.emit = emit
         self.config = config or SessionConfig()
@@ -180,9 +182,12 @@ class Session:
         self.transcribing: dict[str, list[str]] = {}
         self.closed = False
         self.opened = time.monotonic()
-        self._decoder = InputDecoder(self.config.input_format)
+        # The transport's own input format (WebRTC's decoded Opus), when it has one: then audio.input.format
+        # (still reported to the client) does not describe the audio, and session.update does not change it.
+        self._media_input = media_input
+        self._decoder = InputDecoder(media_input or self.config.input_format)
         self._vad = self._new_detector()
-        self._buffer = np.zeros(0, np.float32)  # 16 kHz input since the last commit
+        self._buffer = SampleBuffer()  # 16 kHz input since the last commit
         self._buffer_start_ms = 0  # session timeline ms of _buffer[0]
         self._written_ms = 0.0  # total input written, ms
         self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
@@ -196,7 +201,7 @@ class Session:
     def update(self, config: SessionConfig) -> None:
         old = self.config
         self.config = config
-        if config.input_format != old.input_format:
+        if config.input_format != old.input_format and self._media_input is None:
             self._decoder = InputDecoder(config.input_format)
         if config.turn_detection != old.turn_detection:
             if config.turn_detection is not None and self._vad is not None:
@@ -222,22 +227,19 @@ class Session:
 
     # ---- input audio
     def append_audio(self, data: bytes, event_id: str | None = None) -> None:
-        self._take(self._decoder.decode(data), event_id)
-
-    def push_audio(self, pcm: np.ndarray) -> None:
-        """Input already decoded to float32 mono at 16 kHz (a WebRTC track)."""
+        """Input audio in the session's input format (or the transport's media_input), from any transport."""
         if not self.closed:
-            self._take(np.asarray(pcm, dtype=np.float32))
+            self._take(self._decoder.decode(data), event_id)
 
     def _take(self, pcm: np.ndarray, event_id: str | None = None) -> None:
-        if (len(self._buffer) + len(pcm)) / IN_RATE > self.max_buffer_s:
+        if (len(self._buffer) + len(pcm)) / INPUT_RATE > self.max_buffer_s:
             self.emit(SessionError("input_audio_buffer_overflow",
                                    f"the input audio buffer holds at most {self.max_buffer_s:g} s; commit or clear it",
                                    "audio", event_id))
             return
-        self._buffer = np.concatenate([self._buffer, pcm])
-        self._written_ms += 1000 * len(pcm) / IN_RATE
-        self.input_audio_s += len(pcm) / IN_RATE
+        self._buffer.append(pcm)
+        self._written_ms += 1000 * len(pcm) / INPUT_RATE
+        self.input_audio_s += len(pcm) / INPUT_RATE
         if self._vad is not None:
             for ev in self._vad.push(pcm):
                 self._on_vad(ev)
@@ -247,11 +249,11 @@ class Session:
     def _drop_idle(self) -> None:
         """Server VAD between turns: only the last prefix_padding_ms can join a turn, so a client streaming
         silence (a WebRTC mic always does) must not fill the buffer up to max_buffer_s. Whole ms, 1 s at a time."""
-        ms = IN_RATE // 1000
+        ms = INPUT_RATE // 1000
         keep = (self.config.turn_detection.vad.prefix_padding_ms + IDLE_KEEP_MS) * ms
         drop = (len(self._buffer) - keep) // ms * ms
-        if drop >= IN_RATE:
-            self._buffer = self._buffer[drop:]
+        if drop >= INPUT_RATE:
+            self._buffer.drop(drop)
             self._buffer_start_ms += drop // ms
 
     def _on_vad(self, ev: SpeechStarted | SpeechStopped) -> None:
@@ -280,24 +282,24 @@ class Session:
         tail = self._decoder.flush()  # what the input resampler still holds back
         if tail.size:
             self._take(tail, event_id)
-        if 1000 * len(self._buffer) / IN_RATE < MIN_COMMIT_MS:
+        if 1000 * len(self._buffer) / INPUT_RATE < MIN_COMMIT_MS:
             self.emit(SessionError("input_audio_buffer_commit_empty",
                                    f"buffer too small: expected at least {MIN_COMMIT_MS} ms of audio, have "
-                                   f"{1000 * len(self._buffer) / IN_RATE:.0f} ms", None, event_id))
+                                   f"{1000 * len(self._buffer) / INPUT_RATE:.0f} ms", None, event_id))
             return None
         item_id = self._speech[0] if self._speech else new_id("item")
         self._speech = None
         return self._commit_range(item_id, self._buffer_start_ms, round(self._written_ms))
 
     def _commit_range(self, item_id: str, start_ms: int, end_ms: int) -> ConvItem | None:
-        a = max(0, round((start_ms - self._buffer_start_ms) * IN_RATE / 1000))
-        b = max(a, round((end_ms - self._buffer_start_ms) * IN_RATE / 1000))
-        clip = self._buffer[a:b]
-        self._buffer = self._buffer[b:]
+        a = max(0, round((start_ms - self._buffer_start_ms) * INPUT_RATE / 1000))
+        b = max(a, round((end_ms - self._buffer_start_ms) * INPUT_RATE / 1000))
+        clip = self._buffer.take(a, b)  # a copy: the engine keeps it
         self._buffer_start_ms = end_ms
-        if len(clip) < IN_RATE * MIN_COMMIT_MS // 1000:
+        if len(clip) < INPUT_RATE * MIN_COMMIT_MS // 1000:
             return None
-        item = ConvItem(item_id, "user", [Part("input_audio", transcript=None, audio_ms=1000 * len(clip) // IN_RATE)])
+        item = ConvItem(item_id, "user", [Part("input_audio", transcript=None,
+                                               audio_ms=1000 * len(clip) // INPUT_RATE)])
         previous = self.items[-1].id if self.items else None
         self._add(item, audio=clip)
         self.emit(AudioCommitted(item, previous))
@@ -306,7 +308,7 @@ class Session:
         return item
 
     def clear_buffer(self) -> None:
-        self._buffer = np.zeros(0, np.float32)
+        self._buffer.clear()
         self._buffer_start_ms = round(self._written_ms)
         self._speech = None
         if self._vad is not None:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-from streaming.audio import VAD_RATE, float_to_pcm16
+from models.defaults import INPUT_RATE
+from streaming.audio import float_to_pcm16
 
 __all__ = ["FRAME_MS", "SpeechStarted", "SpeechStopped", "TurnDetector", "VadConfig", "aggressiveness"]
 
 FRAME_MS = 30
-_FRAME = VAD_RATE * FRAME_MS // 1000
+_FRAME = INPUT_RATE * FRAME_MS // 1000
 # webrtcvad flags extra "hangover" frames after raw speech (vad_core.c, 30 ms frames): kOverHangMax1 after a short
 # raw streak, kOverHangMax2 after more than kMaxSpeechFrames (6); modes 0-1 hang longer than 2-3. So one loud click
 # comes out as 3-4 voiced frames: runs are judged and speech ends are placed with this hangover taken off.
@@ -93,7 +94,7 @@ class TurnDetector:
     def clip_bounds(self, start_ms: int, end_ms: int) -> tuple[int, int]:
         """The 16 kHz sample range of a turn on this detector's timeline, with prefix_padding_ms before it."""
         start = max(0, start_ms - self.config.prefix_padding_ms)
-        return start * VAD_RATE // 1000, end_ms * VAD_RATE // 1000
+        return start * INPUT_RATE // 1000, end_ms * INPUT_RATE // 1000
 
     def push(self, x: np.ndarray) -> list[SpeechStarted | SpeechStopped]:
         x = np.asarray(x, dtype=np.float32).reshape(-1)
@@ -104,7 +105,7 @@ class TurnDetector:
         self._rest = x[n * _FRAME :].copy()
         events = []
         for i in range(n):
-            voiced = self._vad.is_speech(pcm[i * 2 * _FRAME : (i + 1) * 2 * _FRAME], VAD_RATE)
+            voiced = self._vad.is_speech(pcm[i * 2 * _FRAME : (i + 1) * 2 * _FRAME], INPUT_RATE)
             self._frames += 1
             event = self._step(voiced and self._frames > _WARMUP)
             if event is not None:

@@ -8,7 +8,7 @@ import {Refused, RtcTransport, WsTransport} from './transport.js';
 const $ = (id) => document.getElementById(id);
 const now = () => performance.now();
 const AUDIBLE = 0.002; // RMS above which the assistant's audio counts as playing
-const FRAME_S = 0.08; // one audio token of LFM2-Audio: 80 ms
+const FRAME_S = 0.08; // one audio token of LFM2-Audio: 80 ms (mirrors FRAME_MS in models/defaults.py)
 
 // ---- settings: the form, saved in localStorage (never the key); query parameters override
 const form = $('settings-form');
@@ -638,8 +638,7 @@ function onResponseDone(resp) {
   if (!r) return;
   r.doneAt = now();
   r.status = resp.status;
-  const frames = resp.usage?.output_token_details?.audio_tokens;
-  const audioS = frames ? frames * FRAME_S : r.bytes / 48000;
+  const audioS = (resp.usage?.output_token_details?.audio_tokens || 0) * FRAME_S; // the server always counts them
   r.audioMs = Math.round(audioS * 1000);
   if (audioS > 0) r.rtf = (r.doneAt - r.createdAt) / 1000 / audioS;
   if (S.response === r) S.response = null;

@@ -2,7 +2,7 @@
 // deltas (-> the context's rate), and a level meter. `sampleRate` is the AudioContext's rate (44.1 kHz on a
 // machine without a sound card, 48 kHz on most others): never assume one.
 
-const OUT_RATE = 24000;
+const WIRE_RATE = 24000; // OpenAI's audio/pcm (mirrors WIRE_RATE in models/defaults.py)
 
 // Streaming windowed-sinc resampler (Hann window, 16 taps each side). Low-passes below the lower Nyquist,
 // so 48 kHz -> 24 kHz does not alias and 24 kHz -> 44.1 kHz does not image.
@@ -62,8 +62,8 @@ class Resampler {
 class Capture extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.rs = new Resampler(sampleRate, OUT_RATE);
-    this.chunk = new Int16Array(960);
+    this.rs = new Resampler(sampleRate, WIRE_RATE);
+    this.chunk = new Int16Array(WIRE_RATE / 25); // 40 ms
     this.n = 0;
     this.on = false;
     this.port.onmessage = (e) => {
@@ -82,7 +82,7 @@ class Capture extends AudioWorkletProcessor {
     if (this.n === 0) return;
     const data = partial ? this.chunk.slice(0, this.n) : this.chunk;
     this.port.postMessage({pcm: data.buffer}, [data.buffer]);
-    this.chunk = new Int16Array(960);
+    this.chunk = new Int16Array(WIRE_RATE / 25);
     this.n = 0;
   }
 
@@ -108,7 +108,7 @@ class Capture extends AudioWorkletProcessor {
 class Player extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.rs = new Resampler(OUT_RATE, sampleRate);
+    this.rs = new Resampler(WIRE_RATE, sampleRate);
     this.queue = []; // {data: Float32Array at sampleRate, item}
     this.offset = 0;
     this.item = null; // the item now playing (or last played)

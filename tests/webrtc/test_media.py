@@ -1,10 +1,11 @@
 """WebRTC media without a network: the paced outgoing track and its output_audio_buffer.* events, the
-inbound reader, and the session's push_audio path that a WebRTC mic (always streaming) relies on."""
+inbound reader, and the session input path that a WebRTC mic (always streaming) relies on."""
 
 from __future__ import annotations
 
 import fractions
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from av import AudioFrame
 
 from server.webrtc_tracks import FRAME, RATE, SpeechTrack, read_audio, to_mono
 from streaming import session as s
+from streaming.audio import OPUS_PCM, AudioFormat, InputDecoder, float_to_pcm16
 from streaming.vad import VadConfig
 
 
@@ -149,11 +151,15 @@ class FakeTrack:
         return frame
 
 
-async def test_read_audio_gives_the_session_16k_mono():
-    pushed: list[np.ndarray] = []
+async def test_read_audio_gives_the_session_mono_pcm16_that_its_decoder_takes():
+    appended: list[bytes] = []
     x = tone(1.0, RATE, hz=1000)
-    await read_audio(FakeTrack(x), pushed.append)  # returns when the track ends
-    y = np.concatenate(pushed)
+    await read_audio(FakeTrack(x), appended.append)  # returns when the track ends
+    assert [len(b) for b in appended] == [2 * FRAME] * 50  # mono pcm16, one append per 20 ms frame
+    heard = np.frombuffer(b"".join(appended), "<i2") / 32768
+    np.testing.assert_allclose(heard, x, atol=1e-4)  # two roundings to 16 bits (the fake track's, the reader's)
+    decoder = InputDecoder(OPUS_PCM)  # what a WebRTC session decodes with: the same path as a WebSocket's
+    y = np.concatenate([decoder.decode(b) for b in appended])
     assert 16_000 - 600 <= len(y) <= 16_000  # 1 s at 16 kHz, less what the streaming resampler holds back
     assert abs(peak_hz(y, 16_000) - 1000) < 5
     assert abs(np.sqrt(np.mean(y[1000:-1000] ** 2)) - 0.5 / np.sqrt(2)) < 0.02
@@ -175,22 +181,28 @@ class Engine:
         return self.handle
 
 
-async def test_push_audio_between_turns_holds_seconds_not_minutes(say):
+def pcm48k(x16k: np.ndarray) -> bytes:
+    """16 kHz test audio as a WebRTC track hands it over: pcm16 at 48 kHz."""
+    return float_to_pcm16(np.repeat(x16k, 3)).tobytes()
+
+
+async def test_webrtc_input_between_turns_holds_seconds_not_minutes(say):
     """A WebRTC mic streams all the time: 70 s of room noise must neither overflow a 5 s input buffer nor
     shift the timeline, and the turn after it still commits the speech with its prefix padding."""
     events: list = []
     engine = Engine()
     td = s.TurnDetection(VadConfig(prefix_padding_ms=200, silence_duration_ms=300))
-    session = s.Session(engine, events.append, s.SessionConfig(turn_detection=td), max_buffer_s=5)
+    session = s.Session(engine, events.append, s.SessionConfig(turn_detection=td), max_buffer_s=5,
+                        media_input=OPUS_PCM)
     rng = np.random.default_rng(0)
     for _ in range(3500):  # 70 s in 20 ms chunks
-        session.push_audio((rng.standard_normal(320) * 1e-4).astype(np.float32))
+        session.append_audio(pcm48k((rng.standard_normal(320) * 1e-4).astype(np.float32)))
     assert events == []
     assert len(session._buffer) <= 16 * (200 + 1000 + 1000)
     speech = say("How is the weather today")
     audio = np.concatenate([speech, np.zeros(16_000, np.float32)])
     for i in range(0, len(audio), 320):
-        session.push_audio(audio[i:i + 320])
+        session.append_audio(pcm48k(audio[i:i + 320]))
     kinds = [type(e).__name__ for e in events]
     assert kinds[:3] == ["SpeechEvent", "SpeechEvent", "AudioCommitted"], kinds
     started, stopped = events[0], events[1]
@@ -199,5 +211,15 @@ async def test_push_audio_between_turns_holds_seconds_not_minutes(say):
     clip = next(k["audio"] for name, _, k in engine.handle.calls if name == "add_item" and k.get("audio") is not None)
     assert len(clip) / 16 == pytest.approx(stopped.audio_ms - started.audio_ms + 200, abs=40)
     session.close()
-    session.push_audio(audio[:320])  # after close: ignored
+    session.append_audio(pcm48k(audio[:320]))  # after close: ignored
     assert len(events) == 4 and isinstance(events[3], s.ResponseStarted)
+
+
+async def test_webrtc_input_ignores_the_client_input_format():
+    """audio.input.format describes WebSocket bytes; a WebRTC session keeps decoding its track (OPUS_PCM)."""
+    events: list = []
+    session = s.Session(Engine(), events.append, s.SessionConfig(turn_detection=None), media_input=OPUS_PCM)
+    session.update(replace(session.config, input_format=AudioFormat.parse("g711_ulaw")))
+    assert session.config.input_format.kind == "pcmu"  # still what the client is told
+    session.append_audio(pcm48k(tone(0.5, 16_000)))
+    assert len(session._buffer) == pytest.approx(8000, abs=800)  # 0.5 s at 16 kHz, less the resampler's lag

@@ -1,0 +1,51 @@
+"""OpenAI's error object, built in one place for every route: REST errors, refused connections and the
+Realtime `error` event all carry `{"type", "code", "message", "param", "event_id"}`."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+__all__ = ["CLOSE_POLICY", "CLOSE_TRY_LATER", "ApiError", "Refused", "api_error_response", "error_body"]
+
+CLOSE_POLICY = 1008  # WebSocket close code: authentication failed, or a bad session config
+CLOSE_TRY_LATER = 1013  # WebSocket close code: server full or not ready
+
+
+def error_body(code: str, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+               event_id: str | None = None) -> dict:
+    """The error object OpenAI sends, over REST (`{"error": ...}`) and in a Realtime `error` event."""
+    return {"type": type_, "code": code, "message": message, "param": param, "event_id": event_id}
+
+
+class ApiError(Exception):
+    """An HTTP error with OpenAI's body. Routes raise it; the app renders it (api_error_response)."""
+
+    def __init__(self, status: int, code: str, message: str, *, type_: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        type_ = type_ or ("server_error" if status >= 500 else "invalid_request_error")
+        self.body = error_body(code, message, type_=type_, param=param)
+
+    def response(self) -> JSONResponse:
+        # 503 is "try again": the server is full or not ready yet
+        headers = {"Retry-After": "1"} if self.status == 503 else None
+        return JSONResponse({"error": self.body}, self.status, headers=headers)
+
+
+class Refused(ApiError):
+    """A connection is not admitted: an HTTP error (REST, WebRTC) that is also an `error` event and a close
+    code (WebSocket). Nothing has been allocated for it."""
+
+    def __init__(self, status: int, code: str, message: str, close_code: int) -> None:
+        super().__init__(status, code, message, type_="invalid_request_error")
+        self.close_code = close_code
+
+    def event(self) -> dict:
+        return {"type": "error", "event_id": "event_refused", "error": self.body}
+
+
+async def api_error_response(request: Request, exc: ApiError) -> JSONResponse:
+    """The app's exception handler for ApiError."""
+    return exc.response()
