@@ -95,6 +95,9 @@ def summarize(scenario: Scenario, results: list[UserResult], origin: float, wall
         "wall_s": wall_s,
         **{k: percentiles([f[k] for f in figures]) for k in METRICS},
         "gap_per_turn_s": percentiles([t.player.gap_s for t in done]),
+        # The server knows an end of speech only from its VAD: push-to-talk turns have none there.
+        "ttfa_speech_end_vad_s": percentiles([f["ttfa_speech_end_s"] for t, f in zip(done, figures, strict=True)
+                                              if not t.push_to_talk]),
     }
     return {"summary": summary,
             "error_messages": sorted({e for r in results for e in r.errors})[:20],

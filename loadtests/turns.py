@@ -63,7 +63,8 @@ class Turn:
             "ttfa_speech_end_s": _minus(self.first_audio, self.speech_end),
             "ttfa_commit_s": _minus(self.first_audio, self.committed),
             "ttft_s": _minus(self.first_text, self.committed),
-            "rtf": span / audio_s if span is not None and audio_s > 0 and not self.interrupted else None,
+            # A cancelled reply stopped early: its generation time says nothing about speed.
+            "rtf": span / audio_s if span is not None and audio_s > 0 and self.status != "cancelled" else None,
             # Only a reply still being generated at the cut gets cancelled; one already done just stops playing.
             "cancel_s": _minus(self.response_done, self.cut_at) if self.status == "cancelled" else None,
         }
