@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from loadtests.links import check_loopback
 from loadtests.scenario import MAX_USERS, Scenario, Thresholds
 
-DEFAULT_OUT = Path("loadtest-out")  # ignored scratch; `make loadtest` writes docs/loadtests instead
+DEFAULT_OUT = Path(tempfile.gettempdir()) / "lfm-audio-loadtest"  # scratch; `make loadtest` writes docs/loadtests
 
 
 def _scenario_args(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ class Player:
         self.end: float | None = None  # wall time the audio received so far will have played out
         self.received_s = 0.0
         self.underruns = 0
-        self.gap_s = 0.0
+        self.gaps: list[tuple[float, float]] = []  # (ran dry, audio again) wall times
         self.stopped_at: float | None = None  # barge-in: the user cut the reply off here
 
     def feed(self, now: float, seconds: float) -> None:
@@ -26,10 +26,14 @@ class Player:
             self.start, self.end = now, now
         elif now > self.end:  # the speaker ran dry and waited for this chunk
             self.underruns += 1
-            self.gap_s += now - self.end
+            self.gaps.append((self.end, now))
             self.end = now
         self.end += seconds
         self.received_s += seconds
+
+    @property
+    def gap_s(self) -> float:
+        return sum(b - a for a, b in self.gaps)
 
     def played_s(self, now: float) -> float:
         """How much audio has come out of the speaker by `now` (gaps are silence, not audio)."""
@@ -37,7 +41,8 @@ class Player:
             return 0.0
         if self.stopped_at is not None:
             now = min(now, self.stopped_at)
-        return max(0.0, min(self.received_s, now - self.start - self.gap_s))
+        silent = sum(max(0.0, min(b, now) - a) for a, b in self.gaps)
+        return max(0.0, min(self.received_s, now - self.start - silent))
 
     def stop(self, now: float) -> float:
         """Cut playback off (the user spoke over it); returns the seconds played."""

@@ -8,7 +8,7 @@ import math
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["crosscheck", "delta", "histogram_quantile", "scrape"]
+__all__ = ["crosscheck", "delta", "histogram_quantile", "parse", "scrape"]
 
 P = "lfm_audio_"
 HISTOGRAMS = {  # our name -> (metric family, label filter)
@@ -27,8 +27,13 @@ COUNTERS = {
 
 
 def scrape(base: str, timeout_s: float = 10.0) -> dict:
+    response = httpx.get(base + "/metrics", timeout=timeout_s)
+    response.raise_for_status()
+    return parse(response.text)
+
+
+def parse(text: str) -> dict:
     """{name: value} for counters, {name: {"buckets": [(le, count)], "sum", "count"}} for histograms."""
-    text = httpx.get(base + "/metrics", timeout=timeout_s).text
     samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
 
     def matching(name: str, labels: dict) -> list:
