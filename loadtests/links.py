@@ -117,6 +117,7 @@ class WebSocketLink:
         self.url = url
         self.on_event = on_event
         self.mic = Mic(self._append, chunk_ms, always_on)
+        self.jitter_s = 0.0  # the player starts with the first delta: the definition of an underrun
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
         self._ws = None

@@ -1,6 +1,7 @@
 """The simulated speaker: plays a reply in real time as it arrives and counts the times it ran dry.
 
-Playback starts when the first audio arrives and then advances with the wall clock. Whenever the clock catches up
+Playback starts when the first audio arrives (plus `latency_s`, a receiver's jitter buffer: 0 on the WebSocket)
+and then advances with the wall clock. Whenever the clock catches up
 with the audio received so far, that is one underrun, and the wait until more audio arrives is its gap.
 """
 
@@ -10,7 +11,8 @@ __all__ = ["Player"]
 
 
 class Player:
-    def __init__(self) -> None:
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
         self.start: float | None = None  # wall time playback began (the first audio's arrival)
         self.end: float | None = None  # wall time the audio received so far will have played out
         self.received_s = 0.0
@@ -23,7 +25,7 @@ class Player:
         if self.stopped_at is not None or seconds <= 0:
             return
         if self.start is None:
-            self.start, self.end = now, now
+            self.start = self.end = now + self.latency_s
         elif now > self.end:  # the speaker ran dry and waited for this chunk
             self.underruns += 1
             self.gaps.append((self.end, now))

@@ -75,6 +75,10 @@ def run_at(scenario: Scenario, *, url: str | None, server_args: list[str], max_s
         run["max_sessions"] = None
     else:
         slots = max_sessions or scenario.users
+        if scenario.transport == "webrtc":
+            from loadtests.webrtc import SERVER_ARGS
+
+            server_args = [*server_args, *SERVER_ARGS]
         with ServerProcess(slots, log_dir / f"server-{scenario.users}.log", server_args) as server:
             run = asyncio.run(_measure(scenario, clip, server.ws, server.base, progress))
         run["max_sessions"] = slots

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from loadtests.clips import Clip
 from loadtests.links import Rejected, WebSocketLink
+from loadtests.player import Player
 from loadtests.scenario import WIRE_RATE, Scenario
 from loadtests.turns import Turn
 
@@ -112,7 +113,7 @@ class User:
             await self._wait(prev.got_done, "response.done", turn=prev)
             await self._until(prev.player.done_at())
             await asyncio.sleep(self.s.pause_s)
-        turn = Turn(r.index, i, r.push_to_talk, barge)
+        turn = Turn(r.index, i, r.push_to_talk, barge, player=Player(self.link.jitter_s))
         r.turns.append(turn)
         self.speaking = turn
         began, ended = self.link.mic.say(self.clip.pcm)
