@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_report)
     a = parser.parse_args(argv)
-    if getattr(a, "url", None):
-        check_loopback(a.url)
     try:
+        if getattr(a, "url", None):
+            check_loopback(a.url)
         return a.func(a)
     except (ValueError, RuntimeError) as e:
         print(f"loadtests: {e}", file=sys.stderr)

@@ -40,7 +40,8 @@ async def run_users(scenario: Scenario, clip: Clip, url: str, *, progress: bool 
     ptt, barge = plan(scenario)
     origin = time.monotonic()
     stop_at = origin + scenario.duration_s if scenario.duration_s is not None else None
-    bar = tqdm(total=scenario.users * scenario.turns, desc=f"{scenario.users} users", unit="turn",
+    total = scenario.users * scenario.turns if scenario.duration_s is None else None  # a duration: open-ended
+    bar = tqdm(total=total, desc=f"{scenario.users} users", unit="turn",
                disable=not progress, leave=False, dynamic_ncols=True)
     seen = {"underruns": 0, "errors": 0}
 
