@@ -35,3 +35,10 @@ golden: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The committed load test report (docs/loadtests: report.json, report.md, PNGs): a fresh `serve --max-sessions N`
+# per N, the issue #9 scenario. Run it on an otherwise idle machine: other work skews every figure.
+LOADTEST_USERS ?= 1,2,4,8
+.PHONY: loadtest
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtests sweep --users $(LOADTEST_USERS) --keep-going --out docs/loadtests
