@@ -6,12 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test system-deps lint bench golden clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned, where none is present: plain `torch` would pull a multi-GB CUDA build here.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(STAMP): pyproject.toml tools/install-python.sh
+	# The one install recipe (the Dockerfile runs it too): venv, torch pinned where none is present, the project.
+	PYTHON=$(PYTHON) tools/install-python.sh --dev $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,9 +6,10 @@ set -euo pipefail
 
 # package:command that shows it is installed (empty: ask dpkg).
 # espeak-ng + sox: speech test audio; prometheus: promtool; chromium + fonts: the browser tests;
-# iproute2 + util-linux: the loopback-only network namespace of the WebRTC and browser tests.
+# iproute2 + util-linux: the loopback-only network namespace of the WebRTC and browser tests; nginx: the load
+# balancer in front of several replicas (tests/deploy).
 PACKAGES=(espeak-ng:espeak-ng sox:sox prometheus:promtool chromium:chromium fonts-dejavu-core:
-          iproute2:ip util-linux:unshare)
+          iproute2:ip util-linux:unshare nginx:nginx)
 
 installed() {  # installed PACKAGE COMMAND
   if [[ -n $2 ]]; then
