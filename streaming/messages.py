@@ -1,19 +1,27 @@
-"""The typed messages that cross the engine's boundary: requests in, events out, statistics.
+"""The typed messages that cross the engine's boundary: commands in, events out, statistics.
 
 Plain data (NumPy arrays and Python values, never device tensors), so that whoever receives them, on
-whatever thread, needs nothing from the model.
+whatever thread, needs nothing from the model. Commands are applied by the engine thread in the order
+they were sent, and dispatched on their type.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from models.conversation import Item
+    from streaming.handle import EngineSession
+
 __all__ = [
-    "AudioDelta", "EngineFull", "EngineStats", "Event", "ItemAdded", "Mode", "ResponseDone",
-    "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings", "Usage",
+    "AudioDelta", "Cancel", "Close", "Command", "EngineFull", "EngineStats", "Event", "ItemAdded", "ItemCreated",
+    "Mode", "Open", "Respond", "ResponseDone", "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings",
+    "Transcribe", "Usage",
 ]
 
 
@@ -69,6 +77,50 @@ class Timings:
     first_text: float | None = None
     first_audio: float | None = None
     done: float | None = None
+
+
+# ---- commands (session -> engine). Edits of the conversation itself are applied by the caller (streaming/
+# handle.py); these tell the engine what it has to do about them.
+@dataclass(frozen=True)
+class Open:
+    session: int
+    sink: Callable[[Event], None]
+    handle: EngineSession  # its conversation
+
+
+@dataclass(frozen=True)
+class ItemCreated:
+    session: int
+    item: Item  # already in the conversation
+    audio: np.ndarray | None  # a user clip (16 kHz float32) to encode into it, in turn
+
+
+@dataclass(frozen=True)
+class Respond:
+    session: int
+    request: ResponseRequest
+    item: Item  # the open assistant item, already in the conversation
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    session: int
+    item_id: str
+    response_id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    session: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Close:
+    session: int
+
+
+Command = Open | ItemCreated | Respond | Transcribe | Cancel | Close
 
 
 # ---- events (engine -> session)

@@ -290,19 +290,20 @@ def test_engine_releases_memory_of_closed_sessions(engine):
     gc.collect()
     time.sleep(0.1)
     assert engine.slots_free == engine.config.max_sessions
-    assert not engine._slots and not engine._by_session
+    assert engine.scheduler.used == 0
     assert _rss_mb() - before < 20
 
 
 def test_a_stuck_engine_reports_not_ready(tiny):
     eng = Engine(tiny, EngineConfig(max_sessions=1, max_context=256, stall_s=0.2))
-    original = eng.runner.decode
+    original = eng.runner.step
 
-    def slow_decode(*args, **kw):
-        time.sleep(1.0)  # a step that hangs far longer than stall_s
-        return original(*args, **kw)
+    def slow_step(plan):
+        if plan.decode:
+            time.sleep(1.0)  # a step that hangs far longer than stall_s
+        return original(plan)
 
-    eng.runner.decode = slow_decode
+    eng.runner.step = slow_step
     eng.start()
     try:
         assert eng.ready
