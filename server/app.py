@@ -65,7 +65,7 @@ def _warm_up(engine) -> None:
 
     import numpy as np
 
-    from models.chat import CHAT_PROMPT
+    from models.defaults import CHAT_PROMPT
     from streaming.messages import ResponseDone, ResponseRequest, SessionFailed
 
     done = threading.Event()

@@ -39,11 +39,11 @@ def worker(args: argparse.Namespace) -> None:
     """Our side of one measurement; prints one JSON line."""
     import torch
 
-    from models.chat import CHAT_PROMPT
     from models.checkpoint import load_checkpoint
+    from models.defaults import CHAT_PROMPT
     from models.sampling import SamplingParams
     from models.speech import SpeechDecoder
-    from server.offline import open_chat, run_turn
+    from streaming.offline import open_chat, run_turn
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

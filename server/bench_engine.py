@@ -70,7 +70,7 @@ def _engine(args: argparse.Namespace, sessions: int):
 
 def engine_worker(args: argparse.Namespace) -> None:
     """(a) one point: N sessions generating at once. Prints one JSON line."""
-    from models.chat import CHAT_PROMPT
+    from models.defaults import CHAT_PROMPT
     from streaming.messages import ResponseRequest
 
     eng = _engine(args, args.sessions)
@@ -105,7 +105,7 @@ def engine_worker(args: argparse.Namespace) -> None:
 
 def ttfa_worker(args: argparse.Namespace) -> None:
     """(b) ours: a conversation of `turns` turns, 4 s clips; time to first audio per turn."""
-    from models.chat import CHAT_PROMPT
+    from models.defaults import CHAT_PROMPT
     from server.bench import clip
     from streaming.messages import ResponseRequest
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Uploa
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from models.chat import ASR_PROMPT, TTS_AUDIO_SAMPLING, TTS_VOICES
+from models.defaults import ASR_PROMPT, TTS_AUDIO_SAMPLING, TTS_VOICES
 from server.realtime import ProtocolError, apply_session_update
 from streaming import messages as m
 from streaming.audio import float_to_pcm16, read_wav, resample

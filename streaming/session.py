@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.chat import ASR_PROMPT, CHAT_PROMPT
+from models.defaults import ASR_PROMPT, CHAT_PROMPT
 from streaming import messages as m
 from streaming.audio import AudioFormat, InputDecoder
 from streaming.engine import Engine, EngineSession
