@@ -7,7 +7,8 @@ encoded twice), and generated audio frames. The layout is a pure function of the
 says how many of its leading positions the row's state holds. Appending only adds positions at the
 end, so the next prefill is just what is new; an edit inside the held prefix (a truncated or deleted
 item, new instructions) marks the row stale, and the next prefill rebuilds it from the start, which
-is exactly what the reference does on every turn.
+is exactly what the reference does on every turn. The layout ends with the first open item (a response
+being generated): items added while it runs come after it once it is closed.
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ class Conversation:
         for it in items:
             out.append(Segment(Modality.TEXT, self._wrap(it.role)))
             out.extend(it.segments)
-            if it.closed:
-                out.append(Segment(Modality.TEXT, self._wrap("end")))
+            if not it.closed:
+                break  # being generated: the items after it (added meanwhile) join once it closes
+            out.append(Segment(Modality.TEXT, self._wrap("end")))
         return out
 
     def length(self) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.defaults import ASR_PROMPT, CHAT_PROMPT
+from models.defaults import ASR_PROMPT, CHAT_PROMPT, OUTPUT_RATE
 from streaming import messages as m
 from streaming.audio import AudioFormat, InputDecoder
 from streaming.engine import Engine, EngineSession
@@ -87,8 +87,6 @@ class Response:
     status: str = "in_progress"
     reason: str | None = None
     usage: m.Usage = field(default_factory=m.Usage)
-    transcript: list[tuple[int, str]] = field(default_factory=list)  # (audio frames sent before it, text)
-    frames: int = 0
     audio_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     speech_end: float | None = None  # wall time the user's speech ended (server VAD)
@@ -173,8 +171,9 @@ class Session:
         self.max_buffer_s = max_buffer_s
         self.max_output_tokens_cap = max_output_tokens
         self.engine = engine
-        self.handle: EngineSession = engine.open(self.engine_sink)  # EngineFull propagates: refused
-        self.items: list[ConvItem] = []
+        # EngineFull propagates: refused. The handle holds the conversation (the one copy): each client item
+        # is a model item whose `view` is its ConvItem; the instructions are an item without one.
+        self.handle: EngineSession = engine.open(self.engine_sink)
         self.response: Response | None = None
         self.responses: dict[str, Response] = {}
         self.transcribing: dict[str, list[str]] = {}
@@ -298,7 +297,7 @@ class Session:
         if len(clip) < IN_RATE * MIN_COMMIT_MS // 1000:
             return None
         item = ConvItem(item_id, "user", [Part("input_audio", transcript=None, audio_ms=1000 * len(clip) // IN_RATE)])
-        previous = self.items[-1].id if self.items else None
+        previous = self.previous_item_id()
         self._add(item, audio=clip)
         self.emit(AudioCommitted(item, previous))
         if self.config.kind == "transcription" or self.config.transcribe_input:
@@ -314,28 +313,26 @@ class Session:
         self.emit(ItemEvent("cleared", None))
 
     # ---- items
+    def item(self, item_id: str) -> ConvItem | None:
+        """A client-visible item of the conversation."""
+        return self.handle.view(item_id)
+
+    def previous_item_id(self, item_id: str | None = None) -> str | None:
+        """The client-visible item before `item_id` (None: the last one)."""
+        return self.handle.previous_view_id(item_id)
+
     def _add(self, item: ConvItem, *, audio: np.ndarray | None = None, text: str | None = None,
              after: str | None = None) -> None:
-        if after is None:
-            self.items.append(item)
-        else:
-            self.items.insert(self._index(after) + 1, item)
-        self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after)
-
-    def _index(self, item_id: str) -> int:
-        for i, it in enumerate(self.items):
-            if it.id == item_id:
-                return i
-        raise KeyError(item_id)
+        self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after, view=item)
 
     def create_item(self, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
                     item_id: str | None = None, previous_item_id: str | None = None,
                     event_id: str | None = None) -> ConvItem | None:
         item_id = item_id or new_id("item")
-        if any(it.id == item_id for it in self.items):
+        if self.item(item_id) is not None:
             self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
             return None
-        if previous_item_id is not None and previous_item_id != "root" and not self._has(previous_item_id):
+        if previous_item_id is not None and previous_item_id != "root" and self.item(previous_item_id) is None:
             self.emit(SessionError("item_not_found", f"no item {previous_item_id!r}", "previous_item_id", event_id))
             return None
         content = []
@@ -344,37 +341,38 @@ class Session:
         if text is not None:
             content.append(Part("input_text" if role != "assistant" else "output_text", text=text))
         item = ConvItem(item_id, role, content)
-        previous = previous_item_id if previous_item_id not in (None, "root") else (
-            self.items[-1].id if self.items else None)
-        self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
+        previous = previous_item_id if previous_item_id not in (None, "root") else self.previous_item_id()
+        try:
+            self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
+        except ValueError:  # an item the client does not see (the instructions)
+            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            return None
         self.emit(ItemEvent("added", item, previous))
         if audio is not None and role == "user" and self.config.transcribe_input:
             self._transcribe(item)
         return item
 
-    def _has(self, item_id: str) -> bool:
-        return any(it.id == item_id for it in self.items)
-
     def delete_item(self, item_id: str, event_id: str | None = None) -> None:
-        if not self._has(item_id):
+        item = self.item(item_id)
+        if item is None:
             self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
             return
-        item = self.items.pop(self._index(item_id))
         self.handle.delete_item(item_id)
         self.emit(ItemEvent("deleted", item))
 
     def retrieve_item(self, item_id: str, event_id: str | None = None) -> None:
-        if not self._has(item_id):
+        item = self.item(item_id)
+        if item is None:
             self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
             return
-        self.emit(ItemEvent("retrieved", self.items[self._index(item_id)]))
+        self.emit(ItemEvent("retrieved", item))
 
     def truncate(self, item_id: str, content_index: int, audio_end_ms: int, event_id: str | None = None) -> None:
         """What the user heard of an assistant item: its audio (and the transcript spoken by then)."""
-        if not self._has(item_id):
+        item = self.item(item_id)
+        if item is None:
             self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
             return
-        item = self.items[self._index(item_id)]
         if item.role != "assistant" or not any(p.type == "output_audio" for p in item.content):
             self.emit(SessionError("invalid_value", "only an assistant item with audio can be truncated",
                                    "item_id", event_id))
@@ -384,12 +382,8 @@ class Session:
             self.emit(SessionError("invalid_value", f"audio_end_ms must be in [0, {part.audio_ms}]", "audio_end_ms",
                                    event_id))
             return
-        frames = round(audio_end_ms / 80)
-        response = next((r for r in self.responses.values() if r.item is item), None)
-        if response is not None:
-            part.transcript = "".join(t for n, t in response.transcript if n < frames or (n == 0 and frames))
+        part.transcript = self.handle.truncate_item(item_id, audio_end_ms)
         part.audio_ms = audio_end_ms
-        self.handle.truncate_item(item_id, audio_end_ms)
         self.emit(ItemEvent("truncated", item, audio_end_ms=audio_end_ms))
 
     # ---- responses
@@ -416,13 +410,12 @@ class Session:
         r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter())
         self.response = r
         self.responses[r.id] = r
-        if len(self.responses) > 64:  # keep the recent ones (for truncation)
+        if len(self.responses) > 64:  # keep the recent ones (late engine events find theirs)
             self.responses.pop(next(iter(self.responses)))
-        self.items.append(item)
         cfg = self.config
         self.handle.respond(m.ResponseRequest(
             r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
-            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed))
+            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed), view=item)
         self.emit(ResponseStarted(r))
         return r
 
@@ -457,8 +450,7 @@ class Session:
             r = self.responses.get(event.response_id)
             if r is not None and r is self.response and not r.cancel_requested:
                 r.first_audio = r.first_audio or time.perf_counter()
-                r.frames = event.frame + 1
-                r.audio_seconds += len(event.pcm) / 24000
+                r.audio_seconds += len(event.pcm) / OUTPUT_RATE
                 part = r.item.content[0]
                 part.audio_ms = round(1000 * r.audio_seconds)
                 self.emit(ResponseAudio(r, event.pcm))
@@ -478,7 +470,6 @@ class Session:
         if r is None or r is not self.response or r.cancel_requested:
             return
         r.first_text = r.first_text or time.perf_counter()
-        r.transcript.append((r.frames, event.text))
         part = r.item.content[0]
         if r.audio:
             part.transcript = (part.transcript or "") + event.text
@@ -494,10 +485,10 @@ class Session:
                 self.emit(Transcription(item_id, error=event.reason or "transcription failed"))
                 return
             text = "".join(pieces).strip()
-            if self._has(item_id):
-                for p in self.items[self._index(item_id)].content:
-                    if p.type == "input_audio":
-                        p.transcript = text
+            item = self.item(item_id)
+            for p in item.content if item is not None else ():
+                if p.type == "input_audio":
+                    p.transcript = text
             self.emit(Transcription(item_id, transcript=text))
             return
         r = self.responses.get(event.response_id)

@@ -216,6 +216,8 @@ class Slots:
                 self._finishing.append(slot)
                 if r.needs_flush:
                     plan.flush.append(slot.index)
+        if plan.flush:
+            return plan  # a step of its own (it is short): the responses' ends reach their clients first
         # A clip gets an iteration of its own (about a decode step's cost), every other iteration at most,
         # so that its session can prefill right after it and the others' decode steps keep coming.
         if not self._clip_last:
