@@ -87,17 +87,17 @@ def protocol_costs(n: int = 2000) -> dict[str, float]:
 
 
 # ---- our side of one measurement (a subprocess)
-def _turn(chat, speech, audio_16k, items: int):
-    """One greedy chat turn straight on the model (server/offline.py: the only calls into it)."""
+def _turn(chat, speak: bool, audio_16k, items: int):
+    """One greedy chat turn through the one-slot engine (streaming/offline.py: the only calls into it)."""
     from models.sampling import SamplingParams
-    from server.offline import run_turn
+    from streaming.offline import run_turn
 
     greedy = (SamplingParams(), SamplingParams())
-    return run_turn(chat, speech, "chat", audio_16k=audio_16k.numpy(), max_new_tokens=items, sampling=greedy)
+    return run_turn(chat, "chat", speak=speak, audio_16k=audio_16k.numpy(), max_new_tokens=items, sampling=greedy)
 
 
 def _open(ckpt, capacity: int, compile: bool):
-    from server.offline import open_chat
+    from streaming.offline import open_chat
 
     return open_chat(ckpt, "chat", capacity=capacity, compile=compile)
 
@@ -107,25 +107,23 @@ def worker(args: argparse.Namespace) -> dict:
 
     from models.checkpoint import load_checkpoint
     from models.defaults import CHAT_PROMPT
-    from models.speech import SpeechDecoder
 
     torch.set_num_threads(args.threads)
     warmup_clip, clips = read_clips(args.clips)
     t0 = time.perf_counter()
     ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype))
     load_s = time.perf_counter() - t0
-    speech = SpeechDecoder(ckpt.detokenizer or ckpt.mimi, rows=1) if args.speech else None
     chat = _open(ckpt, args.capacity, args.compile)
     # warm-up (and compilation) on a throwaway turn, then a fresh conversation on the same row
     t0 = time.perf_counter()
-    _turn(chat, speech, warmup_clip, WARMUP_ITEMS)
+    _turn(chat, args.speech, warmup_clip, WARMUP_ITEMS)
     warmup_s = time.perf_counter() - t0
     chat.restart()
     chat.turn("system", text=CHAT_PROMPT)
     turns = []
     first = time.perf_counter()
     for audio in clips:
-        r = _turn(chat, speech, audio, args.items)
+        r = _turn(chat, args.speech, audio, args.items)
         frames = sum(1 for i in r.items if not isinstance(i, int))
         turns.append({"items": len(r.items), "frames": frames, "seconds": r.seconds,
                       "first_item_s": r.first_item_seconds, "first_audio_s": r.first_audio_seconds,

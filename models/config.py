@@ -199,10 +199,6 @@ class LFM2Config:
     def attention_layers(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.num_hidden_layers) if self.is_attention(i))
 
-    @property
-    def conv_layers(self) -> tuple[int, ...]:
-        return tuple(i for i in range(self.num_hidden_layers) if not self.is_attention(i))
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "lfm") -> LFM2Config:
         data = {_LFM2_RENAMES.get(k, k): v for k, v in data.items()}

@@ -7,7 +7,8 @@ encoded twice), and generated audio frames. The layout is a pure function of the
 says how many of its leading positions the row's state holds. Appending only adds positions at the
 end, so the next prefill is just what is new; an edit inside the held prefix (a truncated or deleted
 item, new instructions) marks the row stale, and the next prefill rebuilds it from the start, which
-is exactly what the reference does on every turn.
+is exactly what the reference does on every turn. The layout ends with the first open item (a response
+being generated): items added while it runs come after it once it is closed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from models.config import EOA
 from models.generation import Modality
 from models.tokenizer import TextTokenizer
 
@@ -43,6 +45,7 @@ class Item:
     role: str  # system | user | assistant
     segments: list[Segment] = field(default_factory=list)
     closed: bool = True  # an assistant item is open while it is being generated
+    view: object = field(default=None, compare=False, repr=False)  # the serving layer's own data; never read here
 
     def append_generated(self, kind: Modality, value: int | tuple[int, ...]) -> None:
         """One generated item (a text token or an 8-code frame), merged into the last segment."""
@@ -59,9 +62,6 @@ class Item:
             else:
                 self.segments.append(Segment(Modality.AUDIO_OUT, frame))
 
-    @property
-    def audio_frames(self) -> int:
-        return sum(len(s) for s in self.segments if s.kind == Modality.AUDIO_OUT)
 
 
 class Conversation:
@@ -74,9 +74,14 @@ class Conversation:
 
     # ---- editing
     def add(self, item: Item, *, after: str | None = None, first: bool = False) -> None:
+        """Append an item, or place it after the item `after` (KeyError if absent), or first. Ids are unique
+        (ValueError)."""
+        if any(it.id == item.id for it in self.items):
+            raise ValueError(f"an item with id {item.id!r} exists")
         if first:
+            # Any item ahead of it may be held, or being prefilled right now: rebuild.
+            self.stale = self.stale or bool(self.items)
             self.items.insert(0, item)
-            self.stale = self.stale or self.position > 0
             return
         if after is None:
             self.items.append(item)
@@ -100,9 +105,10 @@ class Conversation:
         self.stale = True
         return item
 
-    def truncate_audio(self, item_id: str, frames: int) -> None:
-        """Keep an assistant item's content up to its first `frames` audio frames, in generation
-        order (what the user heard); later text and audio are dropped."""
+    def truncate_audio(self, item_id: str, frames: int) -> str:
+        """Keep an assistant item's content up to its first `frames` played audio frames, in generation
+        order (what the user heard); later text and audio are dropped. End-of-audio frames are not played,
+        so they do not count. Returns the text that is kept (the transcript heard)."""
         item = self.get(item_id)
         kept: list[Segment] = []
         left = frames
@@ -110,12 +116,25 @@ class Conversation:
             if seg.kind == Modality.AUDIO_OUT:
                 if left <= 0:
                     break
-                kept.append(seg[:left])
-                left -= len(seg)
+                played = (seg.data[:, 0] != EOA).cumsum(0)
+                n = int((played < left).sum()) + 1 if int(played[-1]) >= left else len(seg)
+                kept.append(seg[:n])
+                left -= int(played[n - 1])
             elif left > 0:
                 kept.append(seg)
         item.segments = kept
         self.stale = True
+        return self.tokenizer.decode([i for s in kept if s.kind == Modality.TEXT for i in s.data])
+
+    def prepend(self, item: Item, segment: Segment) -> bool:
+        """Put an encoded clip at the start of an item's content (audio comes before text); False if the
+        item has left the conversation meanwhile."""
+        if not any(it is item for it in self.items):
+            return False
+        item.segments.insert(0, segment)
+        if self.position > self.start_of(item.id):
+            self.stale = True  # the row already holds positions after this item's start
+        return True
 
     def drop_oldest(self, keep: tuple[str, ...] = ()) -> Item | None:
         """Drop the oldest item that is neither a system item nor in `keep` (to fit the context)."""
@@ -140,8 +159,9 @@ class Conversation:
         for it in items:
             out.append(Segment(Modality.TEXT, self._wrap(it.role)))
             out.extend(it.segments)
-            if it.closed:
-                out.append(Segment(Modality.TEXT, self._wrap("end")))
+            if not it.closed:
+                break  # being generated: the items after it (added meanwhile) join once it closes
+            out.append(Segment(Modality.TEXT, self._wrap("end")))
         return out
 
     def length(self) -> int:
@@ -152,16 +172,19 @@ class Conversation:
         index = self.index(item_id)
         return sum(len(s) for s in self._layout(self.items[:index]))
 
-    def pending(self) -> list[Segment]:
-        """The layout's positions beyond what the row holds (all of it when stale)."""
-        if self.stale:
-            return self.layout()
-        out, skip = [], self.position
+    def pending(self, limit: int | None = None) -> list[Segment]:
+        """The layout's positions beyond what the row holds (all of it when stale), at most `limit`."""
+        out, skip = [], 0 if self.stale else self.position
+        left = self.length() if limit is None else limit
         for seg in self.layout():
             if skip >= len(seg):
                 skip -= len(seg)
                 continue
-            out.append(seg[skip:] if skip else seg)
+            if left <= 0:
+                break
+            part = seg[skip:skip + left] if skip or len(seg) - skip > left else seg
+            out.append(part)
+            left -= len(part)
             skip = 0
         return out
 

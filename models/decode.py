@@ -1,7 +1,7 @@
 """Batched model steps over backbone rows: prefill a row's new inputs, and one decode step for many rows.
 
-These are the only two ways the backbone state advances; a single-session chat (models/chat.py) and the
-serving engine (streaming/) are both built from them.
+These are the only two ways the backbone state advances; the serving engine (streaming/runner.py), which
+also drives the single-session path, is built from them.
 """
 
 from __future__ import annotations

@@ -7,13 +7,36 @@ Plain values only (no torch), so that any layer may import it: server -> streami
 
 from __future__ import annotations
 
-from models.sampling import SamplingParams
+from dataclasses import dataclass
 
 __all__ = [
-    "ASR_PROMPT", "CHAT_AUDIO_SAMPLING", "CHAT_PROMPT", "CLIENT_SECRET_TTL_S", "DECODERS", "DEFAULT_VOICE",
-    "FRAME_MS", "FRAME_S", "FRAME_SAMPLES", "GENERATE_MAX_TOKENS", "INPUT_RATE", "MAX_CONTEXT", "MAX_INPUT_BUFFER_S",
-    "MAX_RESPONSE_TOKENS", "MAX_SESSIONS", "MAX_TTL_S", "MIN_TTL_S", "MODES", "OUTPUT_RATE", "PREFILL_BUDGET",
-    "RESPONSE_TOKENS", "TEXT_SAMPLING", "TRANSCRIPTION_TOKENS", "TTS_AUDIO_SAMPLING", "TTS_VOICES", "WIRE_RATE",
+    "ASR_PROMPT",
+    "CHAT_AUDIO_SAMPLING",
+    "CHAT_PROMPT",
+    "CLIENT_SECRET_TTL_S",
+    "DECODERS",
+    "DEFAULT_VOICE",
+    "FRAME_MS",
+    "FRAME_S",
+    "FRAME_SAMPLES",
+    "GENERATE_MAX_TOKENS",
+    "INPUT_RATE",
+    "MAX_CONTEXT",
+    "MAX_INPUT_BUFFER_S",
+    "MAX_RESPONSE_TOKENS",
+    "MAX_SESSIONS",
+    "MAX_TTL_S",
+    "MIN_TTL_S",
+    "MODES",
+    "OUTPUT_RATE",
+    "PREFILL_BUDGET",
+    "RESPONSE_TOKENS",
+    "TEXT_SAMPLING",
+    "TRANSCRIPTION_TOKENS",
+    "TTS_AUDIO_SAMPLING",
+    "TTS_VOICES",
+    "WIRE_RATE",
+    "SamplingParams",
     "frames_in_ms",
 ]
 
@@ -29,6 +52,18 @@ TTS_VOICES = {
 DEFAULT_VOICE = "us_female"
 MODES = ("chat", "asr", "tts")  # interleaved chat, sequential transcription, sequential speech
 DECODERS = ("auto", "mimi", "lfm2.5")  # speech detokenizers; auto: LFM2.5's when the checkpoint has it
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One modality's sampling (models/sampling.py draws with it)."""
+
+    temperature: float = 0.0  # <= 0: greedy
+    top_k: int = 0  # 0: no limit; 1: greedy
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0 or self.top_k == 1
+
 
 # ---- sampling, as the model card recommends: text greedy in every mode; audio per mode
 TEXT_SAMPLING = SamplingParams(0.0, 0)

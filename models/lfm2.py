@@ -98,9 +98,6 @@ class BackboneState:
             if c is not None:
                 c[rows.to(c.device)] = 0
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.conv, *self.keys, *self.values) if t is not None)
-
 
 @dataclass
 class _StepContext:

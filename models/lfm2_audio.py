@@ -62,14 +62,9 @@ class LFM2AudioModel(nn.Module):
         return rows.sum(-2, dtype=self.dtype)
 
     def encode_audio(self, mels: list[Tensor]) -> list[Tensor]:
-        """Log-mel clips [features, T_i] -> per-clip input embeddings [ceil(T_i / 8), hidden]."""
-        if not mels:
-            return []
-        lengths = torch.tensor([m.shape[1] for m in mels], device=self.device)
-        batch = nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
-        enc, enc_lengths = self.conformer(batch.to(self.device, self.dtype), lengths)
-        out = self.audio_adapter(enc.transpose(1, 2))
-        return [out[i, : int(n)] for i, n in enumerate(enc_lengths)]
+        """Log-mel clips [features, T_i] -> per-clip input embeddings [ceil(T_i / 8), hidden]: the encoder's
+        validated batching (ConformerEncoder.encode_clips), then the adapter."""
+        return [self.audio_adapter(f) for f in self.conformer.encode_clips(mels)]
 
     def text_logits(self, h: Tensor) -> Tensor:
         """h [B, hidden] -> [B, vocab] through the tied text head."""

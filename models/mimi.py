@@ -400,9 +400,6 @@ class MimiDecoderState:
         for c in self.convs:
             c[rows] = 0
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.pos, self.keys, self.values, *self.convs))
-
 
 def _seanet_kwargs(cfg: MimiConfig) -> dict[str, Any]:
     names = ("dimension", "n_filters", "ratios", "kernel_size", "last_kernel_size", "residual_kernel_size",

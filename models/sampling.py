@@ -10,22 +10,12 @@ is pure tensor arithmetic with static shapes and no host sync, which a compiled 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from models.defaults import SamplingParams  # plain data, defined with the defaults (no torch there)
+
 __all__ = ["SamplingParams", "draw_noise", "kmax_bound", "sample", "sample_with_noise"]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0  # <= 0: greedy
-    top_k: int = 0  # 0: no limit; 1: greedy
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0 or self.top_k == 1
 
 
 def draw_noise(generators: list[torch.Generator | None], greedy: list[bool], shape: tuple[int, ...],

@@ -14,9 +14,13 @@ from models.config import EOA
 from models.detokenizer import Detokenizer, DetokenizerState
 from models.mimi import Mimi, MimiDecoderState
 
-__all__ = ["SAMPLE_RATE", "SpeechDecoder", "pick_decoder"]
+__all__ = ["SpeechDecoder", "is_speech", "pick_decoder"]
 
-SAMPLE_RATE = 24_000
+
+
+def is_speech(frame: tuple[int, ...]) -> bool:
+    """A generated frame is played unless it is the end-of-audio frame (codebook 0 is EOA)."""
+    return frame[0] != EOA
 
 
 class SpeechDecoder:

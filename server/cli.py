@@ -45,10 +45,10 @@ def load(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from models.defaults import INPUT_RATE, OUTPUT_RATE
     from models.sampling import SamplingParams
-    from models.speech import SAMPLE_RATE, SpeechDecoder, pick_decoder
-    from server.offline import default_sampling, open_chat, run_turn
     from streaming.audio import read_wav, resample, write_wav
+    from streaming.offline import default_sampling, open_chat, run_turn
 
     # Each turn's user input: a WAV file (--audio) or text (--text); TTS takes text, ASR audio.
     inputs = [("audio", a) for a in args.audio or []] + [("text", t) for t in args.text or []]
@@ -57,9 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"--mode {args.mode} needs {'--' + needs if needs else '--audio or --text'}", file=sys.stderr)
         return 2
     ckpt = load(args)
-    decoder = pick_decoder(ckpt, args.decoder)
-    speech = SpeechDecoder(decoder, rows=1) if args.mode != "asr" else None
-    chat = open_chat(ckpt, args.mode, voice=args.voice, seed=args.seed)
+    chat = open_chat(ckpt, args.mode, voice=args.voice, seed=args.seed, decoder=args.decoder)
     text_default, audio_default = default_sampling(args.mode)
     sampling = (
         SamplingParams(args.text_temperature if args.text_temperature is not None else text_default.temperature,
@@ -75,16 +73,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             text = source
         else:
             wave, rate = read_wav(source)
-            audio = resample(wave, rate, 16_000)
-        result = run_turn(chat, speech, args.mode, audio_16k=audio, text=text,
-                          max_new_tokens=args.max_new_tokens, sampling=sampling)
+            audio = resample(wave, rate, INPUT_RATE)
+        result = run_turn(chat, args.mode, audio_16k=audio, text=text, max_new_tokens=args.max_new_tokens,
+                          sampling=sampling)
         speech_out.append(result.audio)
-        rtf = result.seconds / max(len(result.audio) / SAMPLE_RATE, 1e-9) if len(result.audio) else float("nan")
+        rtf = result.seconds / max(len(result.audio) / OUTPUT_RATE, 1e-9) if len(result.audio) else float("nan")
         print(f"[turn {turn + 1}] {result.text!r}")
         print(f"  {result.finish.value if result.finish else '?'}; {len(result.items)} items, {result.frames} "
               f"audio frames, {result.seconds:.2f} s, real-time factor {rtf:.2f}", file=sys.stderr)
     if args.out and args.mode != "asr":
-        write_wav(args.out, np.concatenate(speech_out) if speech_out else np.zeros(0), SAMPLE_RATE)
+        write_wav(args.out, np.concatenate(speech_out) if speech_out else np.zeros(0), OUTPUT_RATE)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -336,8 +336,8 @@ class RealtimeAdapter:
         elif ev.delta is not None:
             self.emit("conversation.item.input_audio_transcription.delta", **base, delta=ev.delta)
         else:
-            seconds = next((p.audio_ms / 1000 for it in self.session.items if it.id == ev.item_id
-                            for p in it.content if p.type == "input_audio"), 0.0)
+            item = self.session.item(ev.item_id)
+            seconds = next((p.audio_ms / 1000 for p in item.content if p.type == "input_audio"), 0.0) if item else 0.0
             self.emit("conversation.item.input_audio_transcription.completed", **base, transcript=ev.transcript,
                       usage={"type": "duration", "seconds": seconds})
 
@@ -345,7 +345,7 @@ class RealtimeAdapter:
         self.emit("response.created", response=response_json(r, self.session))
         item = item_json(r.item)
         self.emit("response.output_item.added", response_id=r.id, output_index=0, item={**item, "content": []})
-        previous = self.session.items[-2].id if len(self.session.items) > 1 else None
+        previous = self.session.previous_item_id(r.item.id)
         self.emit("conversation.item.added", item={**item, "content": []}, previous_item_id=previous)
         self.emit("response.content_part.added", **self._where(r), part=_part_json(r, empty=True))
         if r.audio:

@@ -256,10 +256,6 @@ class InputDecoder:
         self._carry = b""
         return self._resampler.flush()
 
-    def reset(self) -> None:
-        self._carry = b""
-        self._resampler.reset()
-
 
 class OutputEncoder:
     """float32 at 24 kHz (the detokenizer's output) -> wire bytes in the session's output format."""
@@ -279,10 +275,6 @@ class OutputEncoder:
     def flush(self) -> bytes:
         """The end of a response: whatever the resampler still holds."""
         return self._pack(self._resampler.flush())
-
-    def reset(self) -> None:
-        """A cancelled response: drop what is buffered."""
-        self._resampler.reset()
 
 
 class SampleBuffer:

@@ -1,19 +1,29 @@
-"""The typed messages that cross the engine's boundary: requests in, events out, statistics.
+"""The typed messages that cross the engine's boundary: commands in, events out, statistics.
 
 Plain data (NumPy arrays and Python values, never device tensors), so that whoever receives them, on
-whatever thread, needs nothing from the model.
+whatever thread, needs nothing from the model. Commands are applied by the engine thread in the order
+they were sent, and dispatched on their type.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.defaults import CHAT_AUDIO_SAMPLING, RESPONSE_TOKENS, TEXT_SAMPLING
+
+if TYPE_CHECKING:
+    from models.conversation import Item
+    from streaming.handle import EngineSession
+
 __all__ = [
-    "AudioDelta", "EngineFull", "EngineStats", "Event", "ItemAdded", "Mode", "ResponseDone",
-    "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings", "Usage",
+    "AudioDelta", "Cancel", "Close", "Command", "EngineFull", "EngineStats", "Event", "ItemAdded", "ItemCreated",
+    "Mode", "Open", "Respond", "ResponseDone", "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings",
+    "Transcribe", "Usage",
 ]
 
 
@@ -43,12 +53,12 @@ class ResponseRequest:
     response_id: str
     item_id: str  # the assistant item the response becomes
     mode: Mode = Mode.CHAT
-    max_tokens: int = 1024  # text tokens and audio frames together
+    max_tokens: int = RESPONSE_TOKENS  # text tokens and audio frames together
     audio: bool = True  # decode speech (False: text only, frames still generated and kept)
-    text_temperature: float = 0.0
-    text_top_k: int = 0
-    audio_temperature: float = 1.0
-    audio_top_k: int = 4
+    text_temperature: float = TEXT_SAMPLING.temperature
+    text_top_k: int = TEXT_SAMPLING.top_k
+    audio_temperature: float = CHAT_AUDIO_SAMPLING.temperature
+    audio_top_k: int = CHAT_AUDIO_SAMPLING.top_k
     seed: int | None = None
 
 
@@ -69,6 +79,50 @@ class Timings:
     first_text: float | None = None
     first_audio: float | None = None
     done: float | None = None
+
+
+# ---- commands (session -> engine). Edits of the conversation itself are applied by the caller (streaming/
+# handle.py); these tell the engine what it has to do about them.
+@dataclass(frozen=True)
+class Open:
+    session: int
+    sink: Callable[[Event], None]
+    handle: EngineSession  # its conversation
+
+
+@dataclass(frozen=True)
+class ItemCreated:
+    session: int
+    item: Item  # already in the conversation
+    audio: np.ndarray | None  # a user clip (16 kHz float32) to encode into it, in turn
+
+
+@dataclass(frozen=True)
+class Respond:
+    session: int
+    request: ResponseRequest
+    item: Item  # the open assistant item, already in the conversation
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    session: int
+    item_id: str
+    response_id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    session: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Close:
+    session: int
+
+
+Command = Open | ItemCreated | Respond | Transcribe | Cancel | Close
 
 
 # ---- events (engine -> session)

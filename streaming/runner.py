@@ -1,10 +1,21 @@
-"""The engine's model work: state for every slot, and the batched operations on it.
+"""The engine's model work: every tensor of every slot, and one `step(plan) -> result` over them.
 
-Only the engine thread calls this. Inputs and outputs are Python values and NumPy arrays; tensors stay
-inside (and are copied to the host once per operation).
+Only the engine thread calls this. A plan and a result are Python values, NumPy arrays and conversation
+segments; device tensors stay inside: the backbone state, the speech decoders' state, each slot's hidden
+state after its prefill (read by its first decode step) and each response's random generator.
+
+A step runs, in order: encode the user clips, flush finished speech streams, reset rows, start responses,
+prefill chunks, one batched decode step, then speech for the decoded audio frames. Work that fails is
+reported per slot (`failed`); the engine fails those sessions and the others carry on.
 """
 
 from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -16,9 +27,63 @@ from models.decode import RowSampling, prefill, sample_items
 from models.generation import Modality
 from models.lfm2 import BackboneState
 from models.mel import log_mel
-from models.speech import SpeechDecoder, pick_decoder
+from models.sampling import SamplingParams
+from models.speech import SpeechDecoder, is_speech, pick_decoder
 
-__all__ = ["Runner"]
+__all__ = ["Decode", "Prefill", "Runner", "Start", "StepPlan", "StepResult"]
+
+log = logging.getLogger(__name__)
+Value = int | tuple[int, ...]  # a text token or an audio frame's codes
+
+
+@dataclass(frozen=True)
+class Start:
+    """A response begins on a slot: its own generator (seeded, or random) and, if it speaks, a new stream."""
+
+    slot: int
+    seed: int | None
+    speak: bool
+
+
+@dataclass(frozen=True)
+class Prefill:
+    slot: int
+    position: int  # positions the row holds before this chunk
+    segments: list[Segment]
+    reset: bool = False  # clear the row first (the conversation is rebuilt from its start)
+    last: bool = False  # the prefill's last chunk: keep its hidden state for the first decode step
+
+
+@dataclass(frozen=True)
+class Decode:
+    slot: int
+    position: int  # where `feed` goes
+    feed: tuple[Modality, Value] | None  # the item to feed first; None: right after the prefill
+    want: Modality
+    text: SamplingParams
+    audio: SamplingParams
+    speak: bool  # decode a sampled audio frame to speech
+
+
+@dataclass
+class StepPlan:
+    encode: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (slot, 16 kHz clip)
+    flush: list[int] = field(default_factory=list)  # speech streams to finish
+    reset: list[int] = field(default_factory=list)  # rows to clear (a new session)
+    start: list[Start] = field(default_factory=list)
+    prefill: list[Prefill] = field(default_factory=list)
+    decode: list[Decode] = field(default_factory=list)
+
+
+@dataclass
+class StepResult:
+    encoded: dict[int, Segment] = field(default_factory=dict)  # CPU embeddings, kept in the conversation
+    tails: dict[int, np.ndarray] = field(default_factory=dict)
+    items: dict[int, Value] = field(default_factory=dict)
+    pcm: dict[int, np.ndarray] = field(default_factory=dict)  # 24 kHz float32, one frame's speech
+    failed: dict[int, str] = field(default_factory=dict)
+    prefill_seconds: list[float] = field(default_factory=list)
+    decode_seconds: float | None = None  # the decode step and its speech
 
 
 class Runner:
@@ -36,72 +101,116 @@ class Runner:
             from models.compiled import CompiledSteps
 
             self.compiled = CompiledSteps(m, self.state)
+        self._hidden: dict[int, Tensor] = {}  # slot -> the last prefill's hidden state
+        self._generators: dict[int, torch.Generator] = {}  # slot -> its response's generator
 
     @property
     def decoder_name(self) -> str:
         return self.speech.name
 
-    def reset(self, slot: int) -> None:
-        self.state.reset_rows([slot])
-
     @torch.inference_mode()
-    def encode(self, audio_16k: np.ndarray) -> Segment:
-        """A user clip (16 kHz float32) -> its input embeddings, once, kept in the conversation."""
+    def step(self, plan: StepPlan) -> StepResult:
+        out = StepResult()
+        for slot, audio in plan.encode:
+            self._guard(out, [slot], "could not encode the audio", partial(self._encode, slot, audio, out))
+        for slot in plan.flush:
+            try:
+                out.tails[slot] = self.speech.finish([slot])[0].numpy()
+            except Exception:  # the response is over either way; only its last few ms are lost
+                log.exception("speech flush failed")
+        if plan.reset:
+            self.state.reset_rows(plan.reset)
+        for s in plan.start:
+            self._start(s)
+        for p in plan.prefill:
+            t0 = time.perf_counter()
+            self._guard(out, [p.slot], "prefill failed", partial(self._prefill, p))
+            out.prefill_seconds.append(time.perf_counter() - t0)
+        decode = [d for d in plan.decode if d.slot not in out.failed]
+        if decode:
+            t0 = time.perf_counter()
+            # Whose fault a batched step's failure is cannot be told: the batch's sessions fail.
+            self._guard(out, [d.slot for d in decode], "decode step failed", partial(self._decode, decode, out))
+            speak = [d for d in decode if d.speak and d.slot in out.items and d.want == Modality.AUDIO_OUT
+                     and is_speech(out.items[d.slot])]
+            if speak:
+                self._guard(out, [d.slot for d in speak], "speech decoding failed", partial(self._speak, speak, out))
+            out.decode_seconds = time.perf_counter() - t0
+        return out
+
+    @staticmethod
+    def _guard(out: StepResult, slots: list[int], what: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as e:
+            log.exception("%s for slots %s", what, slots)
+            for s in slots:
+                out.failed.setdefault(s, f"{what}: {e}")
+
+    def _encode(self, slot: int, audio_16k: np.ndarray, out: StepResult) -> None:
+        """A user clip -> its input embeddings, once, kept in the conversation."""
         mel = log_mel(torch.from_numpy(np.ascontiguousarray(audio_16k, dtype=np.float32)), self.model.cfg.preprocessor)
-        return Segment(Modality.AUDIO_IN, self.model.encode_audio([mel])[0].cpu())
+        out.encoded[slot] = Segment(Modality.AUDIO_IN, self.model.encode_audio([mel])[0].cpu())
 
-    def prefill(self, slot: int, position: int, segments: list[Segment]) -> Tensor:
-        """Positions `position...` of a slot's layout; returns the last position's hidden state."""
-        x = embed_segments(self.model, segments)
-        return prefill(self.model, self.state, slot, position, x)
+    def _start(self, s: Start) -> None:
+        generator = torch.Generator(device=self.model.device)
+        if s.seed is not None:
+            generator.manual_seed(s.seed)
+        else:
+            generator.seed()
+        self._generators[s.slot] = generator
+        self._hidden.pop(s.slot, None)
+        if s.speak:
+            self.speech.start([s.slot])
 
-    @torch.inference_mode()
-    def decode(
-        self,
-        slots: list[int],
-        positions: list[int],
-        feeds: list[tuple[Modality, int | tuple[int, ...]] | None],
-        hidden: list[Tensor | None],
-        want: list[Modality],
-        sampling: list[RowSampling],
-    ) -> list[int | tuple[int, ...]]:
-        """One step for a batch of slots. Row b either feeds its last item through the backbone
-        (feeds[b]) or already has its hidden state (hidden[b], the step right after a prefill).
-        With `static` (the default), every matrix product runs over all slots, masked: a session's
-        numbers never depend on who else is in the batch, and the shapes never change (compile, CUDA
-        graphs). Without it, only the batch's rows run, which is cheaper on a CPU at low occupancy."""
+    def _prefill(self, p: Prefill) -> None:
+        if p.reset:
+            self.state.reset_rows([p.slot])
+        h = prefill(self.model, self.state, p.slot, p.position, embed_segments(self.model, p.segments))
+        if p.last:
+            self._hidden[p.slot] = h
+
+    def _decode(self, batch: list[Decode], out: StepResult) -> None:
+        """One step for a batch of slots. Row b either feeds its last item through the backbone or
+        already has its hidden state (the step right after a prefill). With `static` (the default),
+        every matrix product runs over all slots, masked: a session's numbers never depend on who else is
+        in the batch, and the shapes never change (compile, CUDA graphs). Without it, only the batch's
+        rows run, which is cheaper on a CPU at low occupancy."""
         m = self.model
+        slots = [d.slot for d in batch]
         rows = slots if not self.static else list(range(self.slots))
         index = {slot: r for r, slot in enumerate(rows)}
         h = torch.zeros(len(rows), m.cfg.lfm.hidden_size, dtype=m.dtype, device=m.device)
-        step = [b for b, f in enumerate(feeds) if f is not None]
+        step = [d for d in batch if d.feed is not None]
         if step:
             x = torch.zeros_like(h)
             pos = torch.zeros(len(rows), dtype=torch.long)
             active = torch.zeros(len(rows), dtype=torch.bool)
-            at = [index[slots[b]] for b in step]
-            x[at] = self._embed_feeds([feeds[b] for b in step])
-            pos[at] = torch.tensor([positions[b] for b in step])
+            at = [index[d.slot] for d in step]
+            x[at] = self._embed_feeds([d.feed for d in step])
+            pos[at] = torch.tensor([d.position for d in step])
             active[at] = True
             if self.compiled is not None:
-                out = self.compiled.backbone_step(x, pos.to(m.device), active.to(m.device))
+                y = self.compiled.backbone_step(x, pos.to(m.device), active.to(m.device))
             elif self.static:
-                out = m.lfm(x[:, None], self.state, pos, active=active.to(m.device), kv_len=self.capacity)[:, 0]
+                y = m.lfm(x[:, None], self.state, pos, active=active.to(m.device), kv_len=self.capacity)[:, 0]
             else:
-                out = m.lfm(x[:, None], self.state, pos, rows=torch.tensor(rows, device=m.device),
-                            active=active.to(m.device), kv_len=int(pos.max()) + 1)[:, 0]
-            h[at] = out[at]
-        for b, hb in enumerate(hidden):
-            if hb is not None:
-                h[index[slots[b]]] = hb
-        want_all: list[Modality | None] = [None] * len(rows)
-        sampling_all: list[RowSampling | None] = [None] * len(rows)
-        for b, slot in enumerate(slots):
-            want_all[index[slot]], sampling_all[index[slot]] = want[b], sampling[b]
-        items = sample_items(m, h, want_all, sampling_all, self.compiled, all_rows=self.static)
-        return [items[index[slot]] for slot in slots]
+                y = m.lfm(x[:, None], self.state, pos, rows=torch.tensor(rows, device=m.device),
+                          active=active.to(m.device), kv_len=int(pos.max()) + 1)[:, 0]
+            h[at] = y[at]
+        for d in batch:
+            if d.feed is None:
+                h[index[d.slot]] = self._hidden.pop(d.slot)
+        want: list[Modality | None] = [None] * len(rows)
+        sampling: list[RowSampling | None] = [None] * len(rows)
+        for d in batch:
+            want[index[d.slot]] = d.want
+            sampling[index[d.slot]] = RowSampling(d.text, d.audio, self._generators[d.slot])
+        items = sample_items(m, h, want, sampling, self.compiled, all_rows=self.static)
+        for d in batch:
+            out.items[d.slot] = items[index[d.slot]]
 
-    def _embed_feeds(self, feeds: list[tuple[Modality, int | tuple[int, ...]]]) -> Tensor:
+    def _embed_feeds(self, feeds: list[tuple[Modality, Value]]) -> Tensor:
         m = self.model
         x = torch.empty(len(feeds), m.cfg.lfm.hidden_size, dtype=m.dtype, device=m.device)
         text = [b for b, (k, _) in enumerate(feeds) if k == Modality.TEXT]
@@ -112,14 +221,8 @@ class Runner:
             x[audio] = m.embed_frames(torch.tensor([feeds[b][1] for b in audio], device=m.device))
         return x
 
-    @torch.inference_mode()
-    def speak(self, slots: list[int], frames: list[tuple[int, ...]]) -> list[np.ndarray]:
-        """One audio frame per slot -> PCM chunks (24 kHz float32)."""
-        pcm = self.speech.step(torch.tensor(frames, dtype=torch.long), slots)
-        return [p.numpy() for p in pcm]
-
-    def start_speech(self, slots: list[int]) -> None:
-        self.speech.start(slots)
-
-    def finish_speech(self, slots: list[int]) -> list[np.ndarray]:
-        return [p.numpy() for p in self.speech.finish(slots)]
+    def _speak(self, batch: list[Decode], out: StepResult) -> None:
+        slots = [d.slot for d in batch]
+        pcm = self.speech.step(torch.tensor([out.items[s] for s in slots], dtype=torch.long), slots)
+        for s, chunk in zip(slots, pcm, strict=True):
+            out.pcm[s] = chunk.numpy()

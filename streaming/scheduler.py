@@ -1,4 +1,10 @@
-"""What the engine does in one iteration: pure Python, no torch, so the policy can be tested alone.
+"""Who runs, and where: the slot table, admission, and what the engine does in one iteration. Pure Python,
+no torch, so the policy can be tested alone.
+
+Admission: a session is admitted while admitted sessions plus transcription helpers are fewer than the
+slots; otherwise EngineFull (nothing queues real-time audio). A closed session's slot counts as free at
+once: commands run in order, so its slot is released before a later session's open is applied. A
+transcription helper takes a spare slot only, never one promised to a session being opened.
 
 Policy (one iteration):
 1. Prefill under a budget. Slots waiting to start a response get at most `prefill_budget` new
@@ -13,9 +19,12 @@ Policy (one iteration):
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
-__all__ = ["Plan", "SlotView", "plan_iteration"]
+from streaming.messages import EngineFull
+
+__all__ = ["Plan", "Policy", "Scheduler", "SlotView", "plan_iteration"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,15 @@ class SlotView:
 @dataclass
 class Plan:
     prefill: list[tuple[int, int]] = field(default_factory=list)  # (slot, positions this iteration)
-    decode: list[int] = field(default_factory=list)
+    decode: list[int] = field(default_factory=list)  # ready slots (a slot whose prefill ends now joins too)
     skipped: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Policy:
+    prefill_budget: int
+    saturated_step_s: float
+    lead_s: float
 
 
 def plan_iteration(
@@ -62,3 +78,60 @@ def plan_iteration(
     if not plan.decode and plan.skipped:  # never idle the machine to hold rows back
         plan.decode, plan.skipped = plan.skipped, []
     return plan
+
+
+class Scheduler:
+    """The slot table (slot -> owner) and admission. `admit`, `withdraw`, `free` and `used` may be called
+    from any thread; the rest only from the engine thread. Owners are session ids; helpers use negative ids."""
+
+    def __init__(self, slots: int, policy: Policy) -> None:
+        self.total = slots
+        self.policy = policy
+        self._owner: list[int | None] = [None] * slots
+        self._admitted: set[int] = set()  # sessions admitted and not closed or failed
+        self._lock = threading.Lock()
+
+    # ---- admission (any thread)
+    def admit(self, session: int) -> None:
+        with self._lock:
+            helpers = sum(1 for o in self._owner if o is not None and o < 0)
+            if len(self._admitted) + helpers >= self.total:
+                raise EngineFull(f"all {self.total} sessions are in use")
+            self._admitted.add(session)
+
+    def withdraw(self, session: int) -> None:
+        """The session was closed by its caller: its slot counts as free from now on."""
+        with self._lock:
+            self._admitted.discard(session)
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            helpers = sum(1 for o in self._owner if o is not None and o < 0)
+            return self.total - len(self._admitted) - helpers
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return sum(1 for o in self._owner if o is not None)
+
+    # ---- the slot table (engine thread)
+    def place(self, owner: int) -> int | None:
+        """A free slot for an admitted session, or a spare one for a helper (owner < 0); None if none."""
+        with self._lock:
+            free = [i for i, o in enumerate(self._owner) if o is None]
+            promised = len(self._admitted - set(self._owner))  # admitted, not placed yet
+            if not free or (owner < 0 and len(free) <= promised):
+                return None
+            self._owner[free[0]] = owner
+            return free[0]
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            owner, self._owner[slot] = self._owner[slot], None
+            self._admitted.discard(owner)
+
+    def schedule(self, views: list[SlotView], last_step_s: float) -> Plan:
+        p = self.policy
+        return plan_iteration(views, prefill_budget=p.prefill_budget, last_step_s=last_step_s,
+                              saturated_step_s=p.saturated_step_s, lead_s=p.lead_s)

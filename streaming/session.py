@@ -18,8 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.chat import ASR_PROMPT, CHAT_PROMPT
-from models.defaults import INPUT_RATE
+from models.defaults import (
+    ASR_PROMPT,
+    CHAT_AUDIO_SAMPLING,
+    CHAT_PROMPT,
+    INPUT_RATE,
+    MAX_INPUT_BUFFER_S,
+    MAX_RESPONSE_TOKENS,
+    OUTPUT_RATE,
+    RESPONSE_TOKENS,
+    TEXT_SAMPLING,
+)
 from streaming import messages as m
 from streaming.audio import AudioFormat, InputDecoder, SampleBuffer
 from streaming.engine import Engine, EngineSession
@@ -31,7 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-IN_RATE = INPUT_RATE  # the name the item code still uses
 MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
 IDLE_KEEP_MS = 1000  # server VAD between turns: kept beyond prefix_padding_ms (covers the detector's delay)
 
@@ -56,10 +64,10 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     transcribe_input: bool = False  # audio.input.transcription set
     output_audio: bool = True  # output_modalities ["audio"] (False: ["text"])
-    max_output_tokens: int = 1024
-    audio_temperature: float = 1.0
-    audio_top_k: int = 4
-    text_temperature: float = 0.0
+    max_output_tokens: int = RESPONSE_TOKENS
+    audio_temperature: float = CHAT_AUDIO_SAMPLING.temperature
+    audio_top_k: int = CHAT_AUDIO_SAMPLING.top_k
+    text_temperature: float = TEXT_SAMPLING.temperature
     seed: int | None = None
 
 
@@ -88,8 +96,6 @@ class Response:
     status: str = "in_progress"
     reason: str | None = None
     usage: m.Usage = field(default_factory=m.Usage)
-    transcript: list[tuple[int, str]] = field(default_factory=list)  # (audio frames sent before it, text)
-    frames: int = 0
     audio_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     speech_end: float | None = None  # wall time the user's speech ended (server VAD)
@@ -167,7 +173,7 @@ Event = SpeechEvent | AudioCommitted | ItemEvent | Transcription | ResponseStart
 
 class Session:
     def __init__(self, engine: Engine, emit: Callable[[Event], None], config: SessionConfig | None = None,
-                 *, max_buffer_s: float = 60.0, max_output_tokens: int = 4096,
+                 *, max_buffer_s: float = MAX_INPUT_BUFFER_S, max_output_tokens: int = MAX_RESPONSE_TOKENS,
                  media_input: AudioFormat | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.emit = emit
@@ -175,8 +181,9 @@ class Session:
         self.max_buffer_s = max_buffer_s
         self.max_output_tokens_cap = max_output_tokens
         self.engine = engine
-        self.handle: EngineSession = engine.open(self.engine_sink)  # EngineFull propagates: refused
-        self.items: list[ConvItem] = []
+        # EngineFull propagates: refused. The handle holds the conversation (the one copy): each client item
+        # is a model item whose `view` is its ConvItem; the instructions are an item without one.
+        self.handle: EngineSession = engine.open(self.engine_sink)
         self.response: Response | None = None
         self.responses: dict[str, Response] = {}
         self.transcribing: dict[str, list[str]] = {}
@@ -300,7 +307,7 @@ class Session:
             return None
         item = ConvItem(item_id, "user", [Part("input_audio", transcript=None,
                                                audio_ms=1000 * len(clip) // INPUT_RATE)])
-        previous = self.items[-1].id if self.items else None
+        previous = self.previous_item_id()
         self._add(item, audio=clip)
         self.emit(AudioCommitted(item, previous))
         if self.config.kind == "transcription" or self.config.transcribe_input:
@@ -316,67 +323,66 @@ class Session:
         self.emit(ItemEvent("cleared", None))
 
     # ---- items
+    def item(self, item_id: str) -> ConvItem | None:
+        """A client-visible item of the conversation."""
+        return self.handle.view(item_id)
+
+    def previous_item_id(self, item_id: str | None = None) -> str | None:
+        """The client-visible item before `item_id` (None: the last one)."""
+        return self.handle.previous_view_id(item_id)
+
     def _add(self, item: ConvItem, *, audio: np.ndarray | None = None, text: str | None = None,
              after: str | None = None) -> None:
-        if after is None:
-            self.items.append(item)
-        else:
-            self.items.insert(self._index(after) + 1, item)
-        self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after)
-
-    def _index(self, item_id: str) -> int:
-        for i, it in enumerate(self.items):
-            if it.id == item_id:
-                return i
-        raise KeyError(item_id)
+        self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after, view=item)
 
     def create_item(self, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
                     item_id: str | None = None, previous_item_id: str | None = None,
                     event_id: str | None = None) -> ConvItem | None:
         item_id = item_id or new_id("item")
-        if any(it.id == item_id for it in self.items):
+        if self.item(item_id) is not None:
             self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
             return None
-        if previous_item_id is not None and previous_item_id != "root" and not self._has(previous_item_id):
+        if previous_item_id is not None and previous_item_id != "root" and self.item(previous_item_id) is None:
             self.emit(SessionError("item_not_found", f"no item {previous_item_id!r}", "previous_item_id", event_id))
             return None
         content = []
         if audio is not None:
-            content.append(Part("input_audio", audio_ms=1000 * len(audio) // IN_RATE))
+            content.append(Part("input_audio", audio_ms=1000 * len(audio) // INPUT_RATE))
         if text is not None:
             content.append(Part("input_text" if role != "assistant" else "output_text", text=text))
         item = ConvItem(item_id, role, content)
-        previous = previous_item_id if previous_item_id not in (None, "root") else (
-            self.items[-1].id if self.items else None)
-        self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
+        previous = previous_item_id if previous_item_id not in (None, "root") else self.previous_item_id()
+        try:
+            self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
+        except ValueError:  # an item the client does not see (the instructions)
+            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            return None
         self.emit(ItemEvent("added", item, previous))
         if audio is not None and role == "user" and self.config.transcribe_input:
             self._transcribe(item)
         return item
 
-    def _has(self, item_id: str) -> bool:
-        return any(it.id == item_id for it in self.items)
-
     def delete_item(self, item_id: str, event_id: str | None = None) -> None:
-        if not self._has(item_id):
+        item = self.item(item_id)
+        if item is None:
             self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
             return
-        item = self.items.pop(self._index(item_id))
         self.handle.delete_item(item_id)
         self.emit(ItemEvent("deleted", item))
 
     def retrieve_item(self, item_id: str, event_id: str | None = None) -> None:
-        if not self._has(item_id):
+        item = self.item(item_id)
+        if item is None:
             self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
             return
-        self.emit(ItemEvent("retrieved", self.items[self._index(item_id)]))
+        self.emit(ItemEvent("retrieved", item))
 
     def truncate(self, item_id: str, content_index: int, audio_end_ms: int, event_id: str | None = None) -> None:
         """What the user heard of an assistant item: its audio (and the transcript spoken by then)."""
-        if not self._has(item_id):
+        item = self.item(item_id)
+        if item is None:
             self.emit(SessionError("item_not_found", f"no item {item_id!r}", "item_id", event_id))
             return
-        item = self.items[self._index(item_id)]
         if item.role != "assistant" or not any(p.type == "output_audio" for p in item.content):
             self.emit(SessionError("invalid_value", "only an assistant item with audio can be truncated",
                                    "item_id", event_id))
@@ -386,12 +392,8 @@ class Session:
             self.emit(SessionError("invalid_value", f"audio_end_ms must be in [0, {part.audio_ms}]", "audio_end_ms",
                                    event_id))
             return
-        frames = round(audio_end_ms / 80)
-        response = next((r for r in self.responses.values() if r.item is item), None)
-        if response is not None:
-            part.transcript = "".join(t for n, t in response.transcript if n < frames or (n == 0 and frames))
+        part.transcript = self.handle.truncate_item(item_id, audio_end_ms)
         part.audio_ms = audio_end_ms
-        self.handle.truncate_item(item_id, audio_end_ms)
         self.emit(ItemEvent("truncated", item, audio_end_ms=audio_end_ms))
 
     # ---- responses
@@ -418,13 +420,12 @@ class Session:
         r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter())
         self.response = r
         self.responses[r.id] = r
-        if len(self.responses) > 64:  # keep the recent ones (for truncation)
+        if len(self.responses) > 64:  # keep the recent ones (late engine events find theirs)
             self.responses.pop(next(iter(self.responses)))
-        self.items.append(item)
         cfg = self.config
         self.handle.respond(m.ResponseRequest(
             r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
-            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed))
+            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed), view=item)
         self.emit(ResponseStarted(r))
         return r
 
@@ -459,8 +460,7 @@ class Session:
             r = self.responses.get(event.response_id)
             if r is not None and r is self.response and not r.cancel_requested:
                 r.first_audio = r.first_audio or time.perf_counter()
-                r.frames = event.frame + 1
-                r.audio_seconds += len(event.pcm) / 24000
+                r.audio_seconds += len(event.pcm) / OUTPUT_RATE
                 part = r.item.content[0]
                 part.audio_ms = round(1000 * r.audio_seconds)
                 self.emit(ResponseAudio(r, event.pcm))
@@ -480,7 +480,6 @@ class Session:
         if r is None or r is not self.response or r.cancel_requested:
             return
         r.first_text = r.first_text or time.perf_counter()
-        r.transcript.append((r.frames, event.text))
         part = r.item.content[0]
         if r.audio:
             part.transcript = (part.transcript or "") + event.text
@@ -496,10 +495,10 @@ class Session:
                 self.emit(Transcription(item_id, error=event.reason or "transcription failed"))
                 return
             text = "".join(pieces).strip()
-            if self._has(item_id):
-                for p in self.items[self._index(item_id)].content:
-                    if p.type == "input_audio":
-                        p.transcript = text
+            item = self.item(item_id)
+            for p in item.content if item is not None else ():
+                if p.type == "input_audio":
+                    p.transcript = text
             self.emit(Transcription(item_id, transcript=text))
             return
         r = self.responses.get(event.response_id)

@@ -9,16 +9,18 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from models.chat import ASR_PROMPT, CHAT_PROMPT, Chat
-from models.lfm2 import BackboneState
+from models.conversation import Item
+from models.defaults import ASR_PROMPT, CHAT_PROMPT, TRANSCRIPTION_TOKENS
+from models.sampling import SamplingParams
 from streaming.engine import Engine, EngineConfig
 from streaming.messages import AudioDelta, EngineFull, Mode, ResponseDone, ResponseRequest, SessionFailed, Status
+from streaming.offline import Chat
 from tests.conftest import ASSETS
 
 TOKENS = 48
+GREEDY = SamplingParams()
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +155,15 @@ def test_cached_turns_equal_full_reprefill(engine, tiny, golden):
              {"audio": wave[:8000], "mode": Mode.CHAT, "tokens": 30}]
     cached = [r.items for r in _script(Client(engine), turns)]
 
-    chat = Chat(tiny.model, tiny.tokenizer, BackboneState.allocate(tiny.config.lfm, 1, 1024))
+    chat = Chat(tiny, capacity=1024)  # the single-session driver: one slot, on this thread
     chat.turn("system", text=CHAT_PROMPT)
     rebuilt = []
     for turn in turns:
-        chat.turn("user", text=turn.get("text"), audio=torch.from_numpy(turn["audio"]) if "audio" in turn else None)
+        chat.turn("user", text=turn.get("text"), audio=turn.get("audio"))
         chat.rebuild()  # the reference's way: prefill everything again
-        rebuilt.append(tuple(chat.respond(interleaved=True, max_new_tokens=turn["tokens"])))
+        done = chat.respond(Mode.CHAT, turn["tokens"], GREEDY, GREEDY)
+        assert done.usage.cached_positions == 0
+        rebuilt.append(done.items)
     assert cached == rebuilt
 
 
@@ -181,20 +185,17 @@ def test_cancel_mid_response_then_new_turn(engine, tiny, golden):
     after = c.wait("next")
 
     # The same history, prefilled from scratch, gives the same continuation.
-    chat = Chat(tiny.model, tiny.tokenizer, BackboneState.allocate(tiny.config.lfm, 1, 1024))
+    chat = Chat(tiny, capacity=1024)
     chat.turn("system", text=CHAT_PROMPT)
-    chat.turn("user", audio=torch.from_numpy(wave))
-    reply = chat.conv.items[-1]
-    from models.conversation import Item
-
+    chat.turn("user", audio=wave)
     item = Item("long", "assistant")
     for value in cancelled.items:
         item.append_generated(1 if isinstance(value, int) else 3, value)
-    chat.conv.add(item)
-    assert reply is not item
+    with chat.session.lock:
+        chat.session.conversation.add(item)
     chat.turn("user", text="Sorry, go on.")
     chat.rebuild()
-    assert after.items == tuple(chat.respond(interleaved=True, max_new_tokens=30))
+    assert after.items == chat.respond(Mode.CHAT, 30, GREEDY, GREEDY).items
 
     c.session.close()
     deadline = time.monotonic() + 5
@@ -262,10 +263,10 @@ def test_transcription_runs_on_a_spare_slot(engine, golden, tiny):
     c.session.add_item("u1", "user", audio=wave)
     c.session.transcribe("u1", "asr1")
     done = c.wait("asr1")
-    asr = Chat(tiny.model, tiny.tokenizer, BackboneState.allocate(tiny.config.lfm, 1, 1024))
+    asr = Chat(tiny, capacity=1024)
     asr.turn("system", text=ASR_PROMPT)
-    asr.turn("user", audio=torch.from_numpy(wave))
-    expected = tuple(i for i in asr.respond(interleaved=False, max_new_tokens=512) if i != 7)
+    asr.turn("user", audio=wave)
+    expected = asr.respond(Mode.ASR, TRANSCRIPTION_TOKENS, GREEDY, GREEDY, speak=False).items
     assert done.items == expected
     assert done.text == tiny.tokenizer.decode([i for i in expected if isinstance(i, int)])
 
@@ -290,19 +291,20 @@ def test_engine_releases_memory_of_closed_sessions(engine):
     gc.collect()
     time.sleep(0.1)
     assert engine.slots_free == engine.config.max_sessions
-    assert not engine._slots and not engine._by_session
+    assert engine.scheduler.used == 0
     assert _rss_mb() - before < 20
 
 
 def test_a_stuck_engine_reports_not_ready(tiny):
     eng = Engine(tiny, EngineConfig(max_sessions=1, max_context=256, stall_s=0.2))
-    original = eng.runner.decode
+    original = eng.runner.step
 
-    def slow_decode(*args, **kw):
-        time.sleep(1.0)  # a step that hangs far longer than stall_s
-        return original(*args, **kw)
+    def slow_step(plan):
+        if plan.decode:
+            time.sleep(1.0)  # a step that hangs far longer than stall_s
+        return original(plan)
 
-    eng.runner.decode = slow_decode
+    eng.runner.step = slow_step
     eng.start()
     try:
         assert eng.ready

@@ -29,3 +29,35 @@ def test_far_ahead_slots_wait_when_saturated_but_never_twice_in_a_row():
 def test_the_machine_never_idles_to_hold_rows_back():
     plan = plan_iteration([SlotView(0, 0, 0, True, 9.0)], last_step_s=0.5, **POLICY)
     assert plan.decode == [0] and plan.skipped == []
+
+
+def test_admission_and_the_slot_table():
+    import pytest
+
+    from streaming.messages import EngineFull
+    from streaming.scheduler import Policy, Scheduler
+
+    s = Scheduler(2, Policy(**POLICY))
+    s.admit(1)
+    s.admit(2)
+    with pytest.raises(EngineFull):
+        s.admit(3)
+    assert s.place(1) == 0 and s.free == 0
+    assert s.place(-1) is None  # a helper never takes the slot promised to session 2
+    assert s.place(2) == 1 and s.used == 2
+    s.withdraw(2)  # closed by its caller: free at once, though its slot is released later
+    assert s.free == 1 and s.used == 2
+    s.admit(3)
+    s.release(1)
+    assert s.place(-1) is None  # session 3 is promised the free slot
+    assert s.place(3) == 1
+    s.release(0)  # session 1 failed: its admission goes with its slot
+    assert s.free == 1 and s.place(-1) == 0 and s.free == 0
+
+
+def test_the_scheduler_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, streaming.scheduler, streaming.messages; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

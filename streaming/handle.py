@@ -1,0 +1,93 @@
+"""A session's handle on the engine, and the one copy of its conversation.
+
+The handle owns the session's `Conversation` behind a lock. Edits (add, delete, truncate) are applied at
+once by the caller's thread, so a bad id is an immediate KeyError/ValueError; the engine thread reads
+what is pending, inserts encoded clips, appends generated items and marks positions held, under the same
+lock. What the engine has to do about an edit (encode a clip, start a response) goes to it as a command;
+results come back as events through the session's sink, on the engine thread.
+
+Each item may carry the caller's own data (`Item.view`, never read by the model or the engine): a client
+sees the items that have one, in the conversation's order.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.conversation import Conversation, Item, Segment
+from models.defaults import frames_in_ms
+from models.generation import Modality
+from streaming.messages import Cancel, Close, ItemCreated, Respond, ResponseRequest, Transcribe
+
+if TYPE_CHECKING:
+    from streaming.engine import Engine
+
+__all__ = ["EngineSession"]
+
+
+class EngineSession:
+    def __init__(self, engine: Engine, session: int) -> None:
+        self._engine = engine
+        self.id = session
+        self.closed = False
+        self.conversation = Conversation(engine.tokenizer)
+        self.lock = threading.Lock()  # guards `conversation` (the caller's edits, the engine's reads)
+
+    # ---- edits (applied now)
+    def add_item(self, item_id: str, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
+                 after: str | None = None, first: bool = False, view: object = None) -> None:
+        """A system, user or assistant item: text, and/or a user clip (16 kHz float32, encoded by the engine
+        in turn); appended, or placed after the item `after`, or first. ValueError: the id exists;
+        KeyError: no item `after`."""
+        item = Item(item_id, role, view=view)
+        if text is not None:
+            item.segments.append(Segment(Modality.TEXT, self._engine.tokenizer.encode(text)))
+        with self.lock:
+            self.conversation.add(item, after=after, first=first)
+        self._engine.submit(ItemCreated(self.id, item, audio))
+
+    def delete_item(self, item_id: str) -> None:
+        with self.lock:
+            self.conversation.delete(item_id)
+
+    def truncate_item(self, item_id: str, audio_end_ms: int) -> str:
+        """Keep what the user heard of an assistant item; returns the text kept (the transcript heard)."""
+        with self.lock:
+            return self.conversation.truncate_audio(item_id, frames_in_ms(audio_end_ms))
+
+    # ---- reading
+    def view(self, item_id: str) -> object | None:
+        """The caller's data on an item; None if the item has none or is not in the conversation."""
+        with self.lock:
+            return next((it.view for it in self.conversation.items if it.id == item_id), None)
+
+    def previous_view_id(self, item_id: str | None = None) -> str | None:
+        """The id of the last item with a view before `item_id` (None: before the end)."""
+        with self.lock:
+            items = self.conversation.items
+            end = next((i for i, it in enumerate(items) if it.id == item_id), len(items))
+            return next((it.id for it in reversed(items[:end]) if it.view is not None), None)
+
+    # ---- work for the engine
+    def respond(self, request: ResponseRequest, view: object = None) -> None:
+        """Generate into a new assistant item (`request.item_id`), appended now; runs after any response
+        still in progress. ValueError: the id exists."""
+        item = Item(request.item_id, "assistant", closed=False, view=view)
+        with self.lock:
+            self.conversation.add(item)
+        self._engine.submit(Respond(self.id, request, item))
+
+    def transcribe(self, item_id: str, response_id: str) -> None:
+        """ASR of a user item's audio, as a separate response (on a spare slot, if one is free)."""
+        self._engine.submit(Transcribe(self.id, item_id, response_id))
+
+    def cancel(self, reason: str = "client_cancelled") -> None:
+        self._engine.submit(Cancel(self.id, reason))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._engine.withdraw(self.id, Close(self.id))
