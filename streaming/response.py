@@ -83,6 +83,8 @@ class Response:
                     events.append(TextDelta(self.request.response_id, delta))
         elif is_speech(value):
             self.frames += 1
+            if not self.request.audio:  # no speech to decode: its first frame is the first audio there is
+                self.timings.first_audio = self.timings.first_audio or now
         if context_full and not self.gen.done:
             self.gen.finish, self.length_reason = Finish.LENGTH, "max_context"
         return events
