@@ -122,7 +122,6 @@ def test_sigterm_drains_before_stopping(tiny_dir, tmp_path):
     assert server.proc.returncode in (0, -signal.SIGTERM), log[-3000:]
     drained = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"event": "drain_end"' in line]
     assert len(drained) == 1 and drained[0]["closed"] == 2 and drained[0]["cut_off"] == 0, log[-3000:]
-    assert "1012" not in log  # uvicorn's own close (service restart) never happened
 
 
 async def second_signal(server: ServerProcess) -> tuple[float, tuple]:
