@@ -1,10 +1,11 @@
 """Draining with real processes: three `lfm-audio serve` replicas (tiny model) behind a real nginx
 (deploy/nginx/lfm-audio.conf) on loopback, driven by the load generator's simulated users (loadtests.user).
 
-1. Three users: one session on each replica (least_conn spreads them). Each finishes a first turn: the baseline.
+1. Three users: one session on each replica (least_conn spreads them). Each finishes two turns: the baseline.
 2. SIGTERM to replica A while its user's reply is being generated: /readyz on A answers 503 at once, the reply
    reaches response.done, then A closes the session (1001, "server shutting down") and exits within its grace.
-3. Two new users after the SIGTERM: nginx sends them to the other replicas (A's 503 makes it try the next).
+3. New sessions after the SIGTERM go to the other replicas (A's 503 makes nginx try the next): quick probes
+   while A drains, and one user who takes the place of A's (the load stays at three users).
 4. kill -9 of replica B: its users' connections close within seconds (nginx closes them: code 1006), no client
    waits for a timeout.
 5. The users on the last replica C never see an error, complete every turn, and have no underrun they would not
@@ -39,7 +40,8 @@ GRACE_S = 30  # the replicas' shutdown grace: far above an 80-token reply (6.4 s
 EXIT_SLACK_S = 10  # a drained replica's exit after its drain: uvicorn's shutdown, the engine's stop
 CLOSE_WITHIN_S = 5  # a killed replica's clients learn of it this fast (nginx sees the upstream reset at once)
 WAIT_S = 120  # the longest any phase may take on a loaded 2-core machine; a bound, not a figure
-FIRST_TURNS, LATER_TURNS = 5, 3  # wave 1 runs through every phase; wave 2 starts after the SIGTERM
+BASELINE_TURNS = 2  # per user, before the SIGTERM
+FIRST_TURNS, LATER_TURNS = 6, 3  # wave 1 runs through every phase; wave 2 starts after the SIGTERM
 
 
 class TracedUser(User):
@@ -132,7 +134,8 @@ async def drill(servers: list[ServerProcess], port: int) -> dict:
     for i in range(len(servers)):
         first.append(start(i, FIRST_TURNS))
         await until(lambda u=first[-1]: u.session_id is not None, "in session")  # one at a time: least_conn
-    await until(lambda: all(any(t.completed for t in u.result.turns) for u in first), "past a first turn each")
+    await until(lambda: all(sum(t.completed for t in u.result.turns) >= BASELINE_TURNS for u in first),
+                "through the baseline turns")
     seen["placed"] = [replica_of(u, servers) for u in first]
 
     a_user = first[0]
@@ -151,7 +154,7 @@ async def drill(servers: list[ServerProcess], port: int) -> dict:
     seen["probes"] = [await probe(url) for _ in range(len(servers))]
     seen["probes_while_draining"] = a_user.lost_at is None
 
-    second = [start(len(first) + i, LATER_TURNS) for i in range(2)]
+    second = [start(len(first), LATER_TURNS)]
     await until(lambda: all(any(t.completed for t in u.result.turns) for u in second), "past a turn (wave 2)")
     seen["placed_later"] = [replica_of(u, servers) for u in second]
     seen["a_exit_after_s"] = await asyncio.wait_for(a_exited, GRACE_S + EXIT_SLACK_S) - seen["sigterm_at"]
@@ -226,6 +229,10 @@ def test_drain_and_kill_behind_nginx(tiny_dir, tmp_path):
     later += [t for u in on[b_index] for t in u.result.turns
               if t.completed and sigterm_at < t.response_done < kill_at]
     (base_n, base_turns), (later_n, later_turns) = underruns(baseline), underruns(later)
+    for u in seen["users"]:  # per turn: when it ended (s after SIGTERM), where, its underruns; the client's lag
+        print(f"user {u.result.index} on {where[u]} (client lag max {u.result.mic_late_max_s:.3f} s):",
+              [(round(t.response_done - sigterm_at, 1), t.player.underruns) for t in u.result.turns
+               if t.response_done])
     print(f"\ndrill in {wall_s:.0f} s: replicas A={a_index} B={b_index} C={c_index}; users per replica "
           f"{ {i: len(on[i]) for i in on} }; readyz 503 {seen['readyz_after_s'] * 1000:.0f} ms after SIGTERM; "
           f"A's reply done {flight.response_done - sigterm_at:.2f} s and its session closed "
@@ -234,7 +241,7 @@ def test_drain_and_kill_behind_nginx(tiny_dir, tmp_path):
           f"({[u.close[0] for u in on[b_index]]}); underruns: baseline {base_n}/{base_turns} turns, survivors "
           f"after SIGTERM {later_n}/{later_turns} turns; upgrades A refused while draining: {refused} "
           f"(probes while draining: {seen['probes_while_draining']})")
-    assert base_turns >= len(servers) and later_turns >= 2
+    assert base_turns >= BASELINE_TURNS * len(servers) and later_turns >= 3
     if base_n == 0:
         assert later_n == 0, (later_n, later_turns)
     else:
