@@ -1,6 +1,6 @@
 """The FastAPI application, assembled in a lifespan: load the checkpoint, warm up, start the engine; on
-shutdown stop accepting, let running responses finish up to a grace period, close sessions, stop the
-engine. Nothing touches the model at import time.
+shutdown drain (server.drain: stop accepting, let running responses finish up to a grace period, close the
+sessions), then stop the engine. Nothing touches the model at import time.
 
 `create_app(settings, load=...)` is the seam for in-process tests: `load(settings) -> Loaded` replaces the
 checkpoint loading, so that a test hands the app an engine it built (the real one on a checkpoint it already
@@ -44,6 +44,7 @@ class AppState:
     random_weights: bool = False
     warmed_up: bool = False
     accepting: bool = True
+    drain: asyncio.Task | None = None  # server.drain.start: once shutting down
     sessions: set = field(default_factory=set)  # live transport connections (each has an async close())
     started: float = field(default_factory=time.monotonic)
 
@@ -120,7 +121,7 @@ async def _watch_loop(metrics: Metrics, period: float = 0.05) -> None:
 
 
 def create_app(settings: Settings | None = None, *, load: Callable[[Settings], Loaded] = load_engine) -> FastAPI:
-    from server import routes_ops, routes_rest, routes_webrtc, routes_ws
+    from server import drain, routes_ops, routes_rest, routes_webrtc, routes_ws
 
     settings = settings or Settings()
     state = AppState(settings, Auth(settings))
@@ -151,12 +152,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
         log.info("ready in %.1f s: model %s, decoder %s, %d slots", time.perf_counter() - t0, state.model_name,
                  loaded.decoder, settings.max_sessions)
         yield
-        state.accepting = False
-        deadline = time.monotonic() + settings.shutdown_grace_s
-        while any(getattr(s, "busy", False) for s in state.sessions) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.gather(*(s.close("server shutting down") for s in list(state.sessions)),
-                             return_exceptions=True)
+        await drain.start(state)  # done already when a signal started it (server.drain.DrainingServer)
         lag_task.cancel()
         engine.stop()
         restore_host_addresses()
@@ -165,6 +161,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
     app = FastAPI(title="lfm-audio", version=VERSION, lifespan=lifespan)
     app.state.lfm = state
     app.add_exception_handler(ApiError, api_error_response)
+    app.add_middleware(drain.RefuseUpgradesWhileDraining, state=state)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])

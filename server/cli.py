@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from server.app import create_app
+    from server.drain import DrainingServer
     from server.settings import Settings
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
@@ -103,9 +106,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = "[" + settings.host + "]" if ":" in settings.host else settings.host
     print(f"lfm-audio: loading, then serving the voice demo at http://{host}:{settings.port}/ "
           f"and the Realtime API at ws://{host}:{settings.port}/v1/realtime", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                ws_max_size=2 * settings.max_event_bytes, timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
-    return 0
+    # uvicorn.run, but with a server that drains on SIGTERM/SIGINT before uvicorn closes the WebSockets. The
+    # graceful timeout is then for REST requests still running after the drain.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            ws_max_size=2 * settings.max_event_bytes,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+    server = DrainingServer(config, app.state.lfm)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def _add_settings_args(p: argparse.ArgumentParser) -> None:

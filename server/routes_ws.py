@@ -20,6 +20,7 @@ __all__ = ["router"]
 router = APIRouter()
 CLOSE_GOING_AWAY = 1001
 CLOSE_ERROR = 1011
+FLUSH_TIMEOUT_S = 5.0  # a server-side close waits this long at most for a client that stopped reading
 
 
 @router.websocket("/v1/realtime")
@@ -42,13 +43,22 @@ async def realtime(ws: WebSocket, state: State) -> None:
         with contextlib.suppress(RuntimeError):  # already closed
             await ws.close(code=code, reason=reason[:120])
 
-    conn.close_hook = close
+    closing: list[str] = []  # the server's reason, once it closes the session (a drain)
+
+    async def close_when_sent(reason: str) -> None:
+        """The server ends the session: what is queued (a response's last events) goes out first."""
+        closing.append(reason)
+        outbox.put(CLOSE)
+        await asyncio.wait({task}, timeout=FLUSH_TIMEOUT_S)
+        await close(reason)
+
+    conn.close_hook = close_when_sent
 
     async def writer() -> None:
         while True:
             event = await outbox.get()
-            if event is CLOSE:  # the session failed: close once what came before it is out
-                await close("session failed", CLOSE_ERROR)
+            if event is CLOSE:  # the session failed, or the server ends it: close once what came before is out
+                await close(*((closing[0], CLOSE_GOING_AWAY) if closing else ("session failed", CLOSE_ERROR)))
                 return
             await ws.send_text(json.dumps(event))
 
