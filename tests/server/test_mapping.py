@@ -97,7 +97,6 @@ def test_a_spoken_response_makes_every_event_in_order(tiny):
 def test_text_responses_for_the_session_or_one_response(tiny):
     with served(tiny) as srv, realtime(srv.client) as rt:
         spoken_session = rt.say("Text, this once.", output_modalities=["text"])
-        one = rt.events[:]
         rt.update(output_modalities=["text"])
         text_session = rt.say("And now?")
     for done in (spoken_session, text_session):
@@ -109,7 +108,6 @@ def test_text_responses_for_the_session_or_one_response(tiny):
         assert rt.of("response.output_text.done", response_id=r["id"])[0]["text"] == SAID
         assert rt.of("response.content_part.done", response_id=r["id"])[0]["part"] == {"type": "text", "text": SAID}
     assert not [e for e in rt.events if "audio" in e["type"]]
-    assert len(one) < len(rt.events)
 
 
 def test_max_output_tokens_for_the_session_or_one_response(tiny):
