@@ -86,30 +86,25 @@ def engine_for(ckpt, settings: Settings) -> Loaded:
 
 def _warm_up(engine) -> None:
     """One short response on a throwaway session: first-call allocations, compilation if enabled."""
-    import threading
-
     import numpy as np
 
     from models.defaults import CHAT_PROMPT, INPUT_RATE
-    from streaming.messages import ResponseDone, ResponseRequest, SessionFailed
+    from streaming.collector import EventCollector, SessionFailedError
+    from streaming.messages import ResponseRequest
 
-    done = threading.Event()
-    failure: list[str] = []
-
-    def sink(event) -> None:
-        if isinstance(event, SessionFailed):
-            failure.append(event.message)
-        if isinstance(event, ResponseDone | SessionFailed):
-            done.set()
-
-    session = engine.open(sink)
-    session.add_item("sys", "system", text=CHAT_PROMPT)
-    session.add_item("u", "user", audio=np.zeros(INPUT_RATE, np.float32))  # a second of silence
-    session.respond(ResponseRequest("warmup", "warmup_item", max_tokens=16))
-    done.wait(600)
-    session.close()
-    if failure:
-        raise RuntimeError(f"warm-up failed: {failure[0]}")
+    heard = EventCollector()
+    session = engine.open(heard)
+    try:
+        session.add_item("sys", "system", text=CHAT_PROMPT)
+        session.add_item("u", "user", audio=np.zeros(INPUT_RATE, np.float32))  # a second of silence
+        session.respond(ResponseRequest("warmup", "warmup_item", max_tokens=16))
+        heard.wait("warmup", 600)
+    except SessionFailedError as e:
+        raise RuntimeError(f"warm-up failed: {e}") from None
+    except TimeoutError:  # slow, not broken: serve anyway (readiness watches the engine from now on)
+        log.warning("the warm-up response did not finish within 600 s")
+    finally:
+        session.close()
 
 
 async def _watch_loop(metrics: Metrics, period: float = 0.05) -> None:

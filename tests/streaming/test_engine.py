@@ -7,13 +7,13 @@ import gc
 import threading
 import time
 
-import numpy as np
 import pytest
 from safetensors.torch import load_file
 
 from models.conversation import Item
 from models.defaults import ASR_PROMPT, CHAT_PROMPT, TRANSCRIPTION_TOKENS
 from models.sampling import SamplingParams
+from streaming.collector import EventCollector
 from streaming.engine import Engine, EngineConfig
 from streaming.messages import AudioDelta, EngineFull, Mode, ResponseDone, ResponseRequest, SessionFailed, Status
 from streaming.offline import Chat
@@ -28,37 +28,18 @@ def golden():
     return load_file(ASSETS / "model_tiny.safetensors")
 
 
-class Client:
-    """Collects a session's events; waits for responses."""
+class Client(EventCollector):
+    """A session and the events it heard (streaming/collector.py: wait, audio); optionally a sink that raises."""
 
     def __init__(self, engine: Engine, *, fail_on_audio: bool = False) -> None:
-        self.events: list = []
-        self.done: dict[str, ResponseDone] = {}
-        self.failed: str | None = None
-        self.cond = threading.Condition()
+        super().__init__()
         self.fail_on_audio = fail_on_audio
-        self.session = engine.open(self.sink)
+        self.session = engine.open(self)
 
-    def sink(self, event) -> None:
+    def __call__(self, event) -> None:
         if self.fail_on_audio and isinstance(event, AudioDelta):
             raise RuntimeError("client bug")
-        with self.cond:
-            self.events.append(event)
-            if isinstance(event, ResponseDone):
-                self.done[event.response_id] = event
-            if isinstance(event, SessionFailed):
-                self.failed = event.message
-            self.cond.notify_all()
-
-    def wait(self, response_id: str, timeout: float = 120) -> ResponseDone:
-        with self.cond:
-            assert self.cond.wait_for(lambda: response_id in self.done or self.failed, timeout), "no response"
-        assert self.failed is None, self.failed
-        return self.done[response_id]
-
-    def audio(self, response_id: str) -> np.ndarray:
-        return np.concatenate([e.pcm for e in self.events if isinstance(e, AudioDelta) and
-                               e.response_id == response_id] or [np.zeros(0, np.float32)])
+        super().__call__(event)
 
 
 def _request(rid: str, mode: Mode = Mode.CHAT, tokens: int = TOKENS, **kw) -> ResponseRequest:
@@ -174,8 +155,7 @@ def test_cancel_mid_response_then_new_turn(engine, tiny, golden):
     c.session.add_item("sys", "system", text=CHAT_PROMPT)
     c.session.add_item("u1", "user", audio=wave)
     c.session.respond(_request("long", tokens=400))
-    with c.cond:
-        assert c.cond.wait_for(lambda: sum(isinstance(e, AudioDelta) for e in c.events) >= 3, 60)
+    assert c.wait_for(lambda events: sum(isinstance(e, AudioDelta) for e in events) >= 3, 60)
     c.session.cancel("turn_detected")
     cancelled = c.wait("long")
     assert cancelled.status == Status.CANCELLED and cancelled.reason == "turn_detected"
@@ -217,8 +197,7 @@ def test_a_failing_session_does_not_disturb_the_others(engine, golden):
     worker.start()
     bad.session.respond(_request("bad", tokens=200))
     worker.join(300)
-    with bad.cond:
-        assert bad.cond.wait_for(lambda: bad.failed is not None, 60)
+    assert bad.wait_for(lambda events: any(isinstance(e, SessionFailed) for e in events), 60)
     assert result == alone
     assert engine.ready
 
