@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from server.auth import Auth
-from server.errors import ApiError, api_error_response
+from server.errors import ApiError, api_error_response, invalid_request_response
 from server.metrics import Metrics
 from server.settings import Settings
 
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
     app = FastAPI(title="lfm-audio", version=VERSION, lifespan=lifespan)
     app.state.lfm = state
     app.add_exception_handler(ApiError, api_error_response)
+    app.add_exception_handler(RequestValidationError, invalid_request_response)
     app.add_middleware(drain.RefuseUpgradesWhileDraining, state=state)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

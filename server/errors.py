@@ -4,9 +4,13 @@ Realtime `error` event all carry `{"type", "code", "message", "param", "event_id
 from __future__ import annotations
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-__all__ = ["CLOSE_POLICY", "CLOSE_TRY_LATER", "ApiError", "Refused", "api_error_response", "error_body"]
+__all__ = [
+    "CLOSE_POLICY", "CLOSE_TRY_LATER", "ApiError", "Refused", "api_error_response", "error_body",
+    "invalid_request_response",
+]
 
 CLOSE_POLICY = 1008  # WebSocket close code: authentication failed, or a bad session config
 CLOSE_TRY_LATER = 1013  # WebSocket close code: server full or not ready
@@ -49,3 +53,12 @@ class Refused(ApiError):
 async def api_error_response(request: Request, exc: ApiError) -> JSONResponse:
     """The app's exception handler for ApiError."""
     return exc.response()
+
+
+async def invalid_request_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request body or parameter that fails validation: OpenAI's 400 with the first field named, not
+    FastAPI's 422 `{"detail": [...]}` (clients read `error`)."""
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+    return ApiError(400, "invalid_value", message, param=param).response()

@@ -154,6 +154,9 @@ def test_rest_errors_carry_one_error_body(tiny, tmp_path):
             assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["event_id"] is None
         r = c.post("/v1/audio/speech", headers=AUTH, json={"input": "x", "response_format": "mp3"})
         assert r.json() == _body("unsupported_format", "response_format must be wav or pcm", "response_format")
+        r = c.post("/v1/audio/speech", headers=AUTH, json={"input": ""})  # fails the body's own validation
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.json()
+        assert r.json()["error"]["code"] == "invalid_value" and "detail" not in r.json()
         r = c.post("/v1/audio/transcriptions", headers=AUTH, files={"file": ("a.wav", b"not a wav file")})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_file" and \
             r.json()["error"]["param"] == "file"
