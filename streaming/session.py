@@ -31,6 +31,7 @@ from models.defaults import (
 )
 from streaming import messages as m
 from streaming.audio import AudioFormat, InputDecoder, SampleBuffer
+from streaming.endpoint import EAGERNESS, SemanticTurnDetector
 from streaming.engine import Engine, EngineSession
 from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector, VadConfig
 
@@ -50,9 +51,20 @@ def new_id(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class TurnDetection:
+    """kind: server_vad (silence_duration_ms of silence ends a turn) or semantic_vad (the end-of-turn model decides,
+    by eagerness; vad's threshold and prefix_padding_ms still apply). See streaming/endpoint.py."""
+
     vad: VadConfig = field(default_factory=VadConfig)
     create_response: bool = True
     interrupt_response: bool = True
+    kind: str = "server_vad"
+    eagerness: str = "auto"  # semantic_vad only
+
+    def __post_init__(self):
+        if self.kind not in ("server_vad", "semantic_vad"):
+            raise ValueError(f"turn detection type must be server_vad or semantic_vad, got {self.kind!r}")
+        if self.eagerness not in EAGERNESS:
+            raise ValueError(f"eagerness must be one of {', '.join(EAGERNESS)}, got {self.eagerness!r}")
 
 
 @dataclass(frozen=True)
@@ -210,19 +222,26 @@ class Session:
         self.config = config
         if config.input_format != old.input_format and self._media_input is None:
             self._decoder = InputDecoder(config.input_format)
-        if config.turn_detection != old.turn_detection:
-            if config.turn_detection is not None and self._vad is not None:
-                self._vad.set_config(config.turn_detection.vad)  # keeps its timeline and noise model
+        td, old_td = config.turn_detection, old.turn_detection
+        if td != old_td:
+            if td is not None and self._vad is not None and td.kind == old_td.kind:
+                self._vad.set_config(td.vad)  # keeps its timeline and noise model
+                if td.kind == "semantic_vad":
+                    self._vad.eagerness = td.eagerness
             else:
                 self._vad = self._new_detector()
                 self._speech = None
         if config.instructions != old.instructions:
             self._set_instructions(config.instructions)
 
-    def _new_detector(self) -> TurnDetector | None:
+    def _new_detector(self) -> TurnDetector | SemanticTurnDetector | None:
         td = self.config.turn_detection
         self._vad_origin_ms = round(getattr(self, "_written_ms", 0.0))
-        return TurnDetector(td.vad) if td is not None else None
+        if td is None:
+            return None
+        if td.kind == "semantic_vad":  # the model runs on a worker thread: the event loop is not held
+            return SemanticTurnDetector(td.vad, td.eagerness, background=True)
+        return TurnDetector(td.vad)
 
     def _set_instructions(self, text: str) -> None:
         if self.config.kind == "transcription":
