@@ -44,9 +44,10 @@ class EngineConfig:
     prefill_budget: int = PREFILL_BUDGET  # prefill positions per iteration, over all slots
     decoder: Literal["auto", "mimi", "lfm2.5"] = "auto"
     compile: bool = False  # torch.compile the static-shape decode step (models/compiled.py)
-    static_batch: bool = True  # decode steps run every slot (masked): results independent of the batch
+    static_batch: bool = False  # True: decode steps run every slot (masked), results independent of the batch
     saturated_step_s: float = 0.06  # a decode step slower than this means the machine is saturated
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
+    first_audio_lead_s: float = 0.4  # sessions this far ahead wait while another works towards its first audio
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
     threads: int | None = None  # torch threads; None: 1 for a small model, else torch's default
 
@@ -62,7 +63,8 @@ class Engine:
         self.tokenizer = ckpt.tokenizer
         self.runner = runner or Runner(ckpt, slots=cfg.max_sessions, capacity=cfg.max_context, decoder=cfg.decoder,
                                        compile=cfg.compile, static=cfg.static_batch)
-        self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s))
+        self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s,
+                                                                  cfg.first_audio_lead_s))
         self._stats = EngineStats(slots_total=cfg.max_sessions)
         self._stats_lock = threading.Lock()
         self.slots = Slots(ckpt.config, self.tokenizer, self.scheduler, cfg.max_context, self._stats)

@@ -10,10 +10,15 @@ Policy (one iteration):
 1. Prefill under a budget. Slots waiting to start a response get at most `prefill_budget` new
    positions in total per iteration, first come first served, in chunks; a long prefill is spread
    over iterations so that the others' decode steps keep coming between its chunks.
-2. One batched decode step for every generating slot, except that when the machine is saturated
-   (the last decode step took longer than `saturated_step_s`), a slot whose client already holds more
-   than `lead_s` seconds of unplayed audio sits this step out. Slots closest to running dry are never
-   skipped, and a slot is never skipped twice in a row, so nobody starves.
+2. One batched decode step for every generating slot, except:
+   - first audio first: while some slot works towards its response's first audio (its text lead-in, a
+     few cheap text steps), slots whose clients hold more than `first_audio_lead_s` seconds of unplayed
+     audio sit those steps out. The step then costs what the starting rows cost (the batch follows the
+     rows that run), so the first audio comes a few short steps after the commit, whatever the load;
+   - when the machine is saturated (the last decode step took longer than `saturated_step_s`), a slot
+     whose client already holds more than `lead_s` seconds of unplayed audio sits this step out, never
+     twice in a row.
+   Slots closest to running dry are never skipped, so nobody starves.
 3. Slots that were asked to cancel are finished before anything else runs for them.
 """
 
@@ -35,6 +40,7 @@ class SlotView:
     generating: bool  # has a response that is past its prefill
     lead_s: float  # audio produced minus audio the client has had time to play (seconds)
     skipped_last: bool = False
+    awaiting_audio: bool = False  # generating a spoken response that has sent no audio yet
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Policy:
     prefill_budget: int
     saturated_step_s: float
     lead_s: float
+    first_audio_lead_s: float = float("inf")  # inf: no first-audio priority
 
 
 def plan_iteration(
@@ -58,6 +65,7 @@ def plan_iteration(
     last_step_s: float,
     saturated_step_s: float,
     lead_s: float,
+    first_audio_lead_s: float = float("inf"),
 ) -> Plan:
     plan = Plan()
     budget = prefill_budget
@@ -68,14 +76,15 @@ def plan_iteration(
         plan.prefill.append((view.slot, n))
         budget -= n
     saturated = last_step_s > saturated_step_s
-    for view in slots:
-        if not view.generating or view.pending_positions > 0:
-            continue
-        if saturated and view.lead_s > lead_s and not view.skipped_last:
-            plan.skipped.append(view.slot)
-        else:
-            plan.decode.append(view.slot)
-    if not plan.decode and plan.skipped:  # never idle the machine to hold rows back
+    ready = [v for v in slots if v.generating and v.pending_positions == 0]
+    chunk = dict(plan.prefill)
+    joining = [v for v in slots if v.pending_positions > 0 and chunk.get(v.slot, 0) >= v.pending_positions]
+    starting = any(v.awaiting_audio for v in (*ready, *joining))  # joining: decodes right after its prefill
+    for view in ready:
+        yields = starting and not view.awaiting_audio and view.lead_s > first_audio_lead_s
+        waits = saturated and view.lead_s > lead_s and not view.skipped_last
+        (plan.skipped if yields or waits else plan.decode).append(view.slot)
+    if not plan.decode and not joining and plan.skipped:  # never idle the machine to hold rows back
         plan.decode, plan.skipped = plan.skipped, []
     return plan
 
@@ -134,4 +143,5 @@ class Scheduler:
     def schedule(self, views: list[SlotView], last_step_s: float) -> Plan:
         p = self.policy
         return plan_iteration(views, prefill_budget=p.prefill_budget, last_step_s=last_step_s,
-                              saturated_step_s=p.saturated_step_s, lead_s=p.lead_s)
+                              saturated_step_s=p.saturated_step_s, lead_s=p.lead_s,
+                              first_audio_lead_s=p.first_audio_lead_s)

@@ -61,3 +61,26 @@ def test_the_scheduler_needs_no_torch():
 
     code = "import sys, streaming.scheduler, streaming.messages; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+FIRST_AUDIO = {**POLICY, "first_audio_lead_s": 0.4}
+
+
+def test_far_ahead_slots_sit_out_while_another_works_towards_its_first_audio():
+    slots = [SlotView(0, 0, 0, True, 2.0), SlotView(1, 0, 0, True, 0.1), SlotView(2, 0, 0, True, 0.0,
+                                                                                      awaiting_audio=True)]
+    plan = plan_iteration(slots, last_step_s=0.01, **FIRST_AUDIO)
+    assert plan.decode == [1, 2] and plan.skipped == [0]  # slot 1 is close to running dry: it runs
+    slots[2] = SlotView(2, 0, 0, True, 0.08)  # its first audio went out
+    assert plan_iteration(slots, last_step_s=0.01, **FIRST_AUDIO).decode == [0, 1, 2]
+    assert plan_iteration([*slots[:2], SlotView(2, 0, 0, True, 0.0, awaiting_audio=True)], last_step_s=0.01,
+                          **POLICY).decode == [0, 1, 2]  # no priority configured
+
+
+def test_a_slot_whose_prefill_ends_now_counts_as_starting():
+    slots = [SlotView(0, 0, 0, True, 2.0), SlotView(1, 5.0, 30, False, 0.0, awaiting_audio=True)]
+    plan = plan_iteration(slots, last_step_s=0.01, **FIRST_AUDIO)
+    assert plan.prefill == [(1, 30)] and plan.decode == [] and plan.skipped == [0]  # slot 1 decodes alone
+    slots[1] = SlotView(1, 5.0, 300, False, 0.0, awaiting_audio=True)  # more than one chunk: not yet
+    plan = plan_iteration(slots, last_step_s=0.01, **FIRST_AUDIO)
+    assert plan.prefill == [(1, 100)] and plan.decode == [0]
