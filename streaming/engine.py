@@ -25,11 +25,11 @@ from typing import Literal
 import torch
 
 from models.checkpoint import Checkpoint
-from models.defaults import MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
+from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
 from streaming.handle import EngineSession
 from streaming.messages import Command, EngineStats, Event, Open, SessionFailed
 from streaming.runner import Runner
-from streaming.scheduler import Policy, Scheduler
+from streaming.scheduler import Headroom, Policy, Scheduler
 from streaming.slots import Slots
 
 __all__ = ["Engine", "EngineConfig", "EngineSession"]
@@ -48,6 +48,7 @@ class EngineConfig:
     saturated_step_s: float = 0.06  # a decode step slower than this means the machine is saturated
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
     first_audio_lead_s: float = 0.4  # sessions this far ahead wait while another works towards its first audio
+    admit_load: float | None = 0.8  # admit while predicted steps use at most this much of real time; None: slots
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
     threads: int | None = None  # torch threads; None: 1 for a small model, else torch's default
 
@@ -63,8 +64,13 @@ class Engine:
         self.tokenizer = ckpt.tokenizer
         self.runner = runner or Runner(ckpt, slots=cfg.max_sessions, capacity=cfg.max_context, decoder=cfg.decoder,
                                        compile=cfg.compile, static=cfg.static_batch)
+        headroom = None
+        if cfg.admit_load is not None:
+            c = ckpt.config  # a real-time session needs this many decode steps per second of its speech
+            steps_per_s = (c.interleaved_n_text + c.interleaved_n_audio) / (c.interleaved_n_audio * FRAME_S)
+            headroom = Headroom(steps_per_s, cfg.admit_load)
         self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s,
-                                                                  cfg.first_audio_lead_s))
+                                                            cfg.first_audio_lead_s), headroom)
         self._stats = EngineStats(slots_total=cfg.max_sessions)
         self._stats_lock = threading.Lock()
         self.slots = Slots(ckpt.config, self.tokenizer, self.scheduler, cfg.max_context, self._stats)
@@ -189,6 +195,8 @@ class Engine:
                 s.steps += 1
                 _record(s.step_seconds, result.decode_seconds)
                 _record(s.batch_sizes, len(plan.decode))
+        if result.decode_seconds is not None:
+            self.scheduler.observe_step(len(plan.decode), result.decode_seconds)
         self._fan_out()
 
     def _fan_out(self) -> None:

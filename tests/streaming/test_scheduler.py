@@ -1,5 +1,7 @@
 """The iteration policy, alone (no torch)."""
 
+import pytest
+
 from streaming.scheduler import SlotView, plan_iteration
 
 POLICY = {"prefill_budget": 100, "saturated_step_s": 0.06, "lead_s": 1.5}
@@ -84,3 +86,44 @@ def test_a_slot_whose_prefill_ends_now_counts_as_starting():
     slots[1] = SlotView(1, 5.0, 300, False, 0.0, awaiting_audio=True)  # more than one chunk: not yet
     plan = plan_iteration(slots, last_step_s=0.01, **FIRST_AUDIO)
     assert plan.prefill == [(1, 100)] and plan.decode == [0]
+
+
+def test_headroom_fits_step_cost_against_batch_size():
+    from streaming.scheduler import Headroom
+
+    h = Headroom(steps_per_s=20, load=1.0)  # real time allows 50 ms per step
+    assert h.step_s(8) is None and h.admits(50)  # nothing measured yet
+    for _ in range(40):  # steps cost 5 ms + 1 ms per row, at batches 4 and 12
+        h.observe(4, 0.009)
+        h.observe(12, 0.017)
+    assert h.step_s(32) == pytest.approx(0.037)
+    assert h.admits(44) and not h.admits(46)  # 5 + 44 ms fit in 50 ms, 5 + 46 do not
+
+
+def test_headroom_without_a_spread_of_batches_takes_the_cost_measured():
+    from streaming.scheduler import Headroom
+
+    h = Headroom(steps_per_s=20, load=0.8, warm_steps=5)  # 40 ms per step
+    for _ in range(4):
+        h.observe(2, 0.06)
+    assert h.admits(3)  # not warm yet
+    h.observe(2, 0.06)
+    assert h.admits(1) and not h.admits(2)  # the first session is always admitted; the next would not be real time
+    for _ in range(400):  # the machine became quiet again: the old steps are forgotten
+        h.observe(2, 0.01)
+    assert h.admits(3)
+
+
+def test_admission_refuses_a_session_real_time_has_no_room_for():
+    from streaming.messages import EngineFull
+    from streaming.scheduler import Headroom, Policy, Scheduler
+
+    s = Scheduler(8, Policy(**POLICY), Headroom(steps_per_s=20, load=1.0, warm_steps=1))
+    s.admit(1)
+    s.admit(2)
+    for _ in range(10):
+        s.observe_step(1, 0.03)
+        s.observe_step(3, 0.07)  # 10 ms + 20 ms per row: a third session would need 70 ms steps
+    with pytest.raises(EngineFull, match="at capacity"):
+        s.admit(3)
+    assert s.free == 6  # slots are free; the refusal is the measured budget's
