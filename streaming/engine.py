@@ -53,6 +53,7 @@ class EngineConfig:
     threads: int | None = None  # torch threads; None: 1 for a small model, else torch's default
 
 
+CALIBRATION_WEIGHT = 20  # each calibrated batch counts as this many steps: forgotten after a few hundred real ones
 STATS_KEPT = 10_000  # samples kept between two drains (a server nobody scrapes must not grow)
 
 
@@ -154,9 +155,20 @@ class Engine:
         if threads:
             torch.set_num_threads(threads)
 
+    def _calibrate(self) -> None:
+        """Step costs at a few batch sizes before the first session, so that admission can predict from the
+        start (sessions arrive before they generate); measured steps then take over."""
+        if self.scheduler.headroom is None or not hasattr(self.runner, "calibrate"):
+            return
+        n = self.config.max_sessions
+        for batch, seconds in self.runner.calibrate(sorted({1, max(1, n // 2), n})):
+            for _ in range(CALIBRATION_WEIGHT):
+                self.scheduler.observe_step(batch, seconds)
+
     def _loop(self) -> None:
         self._set_threads()
         try:
+            self._calibrate()
             while not self._stop.is_set():
                 self._stats.last_heartbeat = time.monotonic()
                 self._busy = self.slots.busy()
