@@ -49,6 +49,7 @@ class EngineConfig:
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
     first_audio_lead_s: float = 0.4  # sessions this far ahead wait while another works towards its first audio
     admit_load: float | None = 0.8  # admit while predicted steps use at most this much of real time; None: slots
+    admit_floor: int = 4  # sessions always admitted (up to the slots), whatever the steps measure
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
     threads: int | None = None  # torch threads; None: 1 for a small model, else torch's default
 
@@ -72,7 +73,7 @@ class Engine:
         if cfg.admit_load is not None:
             c = ckpt.config  # a real-time session needs this many decode steps per second of its speech
             steps_per_s = (c.interleaved_n_text + c.interleaved_n_audio) / (c.interleaved_n_audio * FRAME_S)
-            headroom = Headroom(steps_per_s, cfg.admit_load)
+            headroom = Headroom(steps_per_s, cfg.admit_load, floor=cfg.admit_floor)
         self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s,
                                                             cfg.first_audio_lead_s), headroom)
         self._stats = EngineStats(slots_total=cfg.max_sessions)

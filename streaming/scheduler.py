@@ -101,12 +101,15 @@ class Headroom:
     encodes and prefills). The cost of a step with B rows is fitted as a + b * B by exponentially weighted
     least squares over recent steps; while the batch sizes seen do not spread enough for a slope, the cost is
     taken as what it measured (a small model's step is bound by per-op overhead, not by its rows). Until
-    `warm_steps` steps were measured, and for the first session, it admits."""
+    `warm_steps` steps were measured, and up to `floor` sessions, it admits: one moment of a busy machine
+    must not turn a server away from its smallest use; the protection is for many sessions."""
 
-    def __init__(self, steps_per_s: float, load: float = 0.8, memory: float = 0.99, warm_steps: int = 20) -> None:
+    def __init__(self, steps_per_s: float, load: float = 0.8, memory: float = 0.99, warm_steps: int = 20,
+                 floor: int = 1) -> None:
         self.budget_s = load / steps_per_s
         self.memory = memory  # weight kept per observation: ~100 steps, a few seconds of decoding
         self.warm_steps = warm_steps
+        self.floor = floor
         self.steps = 0
         self._w = self._x = self._y = self._xx = self._xy = 0.0
 
@@ -131,7 +134,7 @@ class Headroom:
         return max(mean_y + slope * (batch - mean_x), 0.0)
 
     def admits(self, sessions: int) -> bool:
-        if sessions <= 1 or self.steps < self.warm_steps:
+        if sessions <= self.floor or self.steps < self.warm_steps:
             return True
         predicted = self.step_s(sessions)
         return predicted is None or predicted <= self.budget_s

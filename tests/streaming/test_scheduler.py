@@ -103,12 +103,16 @@ def test_headroom_fits_step_cost_against_batch_size():
 def test_headroom_without_a_spread_of_batches_takes_the_cost_measured():
     from streaming.scheduler import Headroom
 
-    h = Headroom(steps_per_s=20, load=0.8, warm_steps=5)  # 40 ms per step
+    h = Headroom(steps_per_s=20, load=0.8, warm_steps=5, floor=1)  # 40 ms per step
     for _ in range(4):
         h.observe(2, 0.06)
     assert h.admits(3)  # not warm yet
     h.observe(2, 0.06)
     assert h.admits(1) and not h.admits(2)  # the first session is always admitted; the next would not be real time
+    floored = Headroom(steps_per_s=20, load=0.8, warm_steps=5, floor=4)
+    for _ in range(5):
+        floored.observe(2, 0.06)
+    assert floored.admits(4) and not floored.admits(5)  # up to the floor, whatever was measured
     for _ in range(400):  # the machine became quiet again: the old steps are forgotten
         h.observe(2, 0.01)
     assert h.admits(3)
@@ -118,7 +122,7 @@ def test_admission_refuses_a_session_real_time_has_no_room_for():
     from streaming.messages import EngineFull
     from streaming.scheduler import Headroom, Policy, Scheduler
 
-    s = Scheduler(8, Policy(**POLICY), Headroom(steps_per_s=20, load=1.0, warm_steps=1))
+    s = Scheduler(8, Policy(**POLICY), Headroom(steps_per_s=20, load=1.0, warm_steps=1, floor=1))
     s.admit(1)
     s.admit(2)
     for _ in range(10):
