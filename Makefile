@@ -35,7 +35,14 @@ clean:
 
 # The committed load test report (docs/loadtests: report.json, report.md, PNGs): a fresh `serve --max-sessions N`
 # per N, the issue #9 scenario. Run it on an otherwise idle machine: other work skews every figure.
-LOADTEST_USERS ?= 1,2,4,8
-.PHONY: loadtest
+LOADTEST_USERS ?= 1,2,4,8,16,24,32,40,48
+.PHONY: loadtest loadtest-full
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests sweep --users $(LOADTEST_USERS) --keep-going --out docs/loadtests
+
+# The other end: the full-size random checkpoint (written once under bench/out) in bfloat16, as far as it holds.
+LOADTEST_FULL_USERS ?= 1,2
+loadtest-full: $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from bench.harness import checkpoint; checkpoint('full', Path('bench/out'))"
+	$(BIN)/python -m loadtests sweep --users $(LOADTEST_FULL_USERS) --keep-going --out docs/loadtests/full-bf16 \
+		--server-arg=--model --server-arg=bench/out/ckpt-full --server-arg=--dtype --server-arg=bfloat16

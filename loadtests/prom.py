@@ -19,6 +19,7 @@ HISTOGRAMS = {  # our name -> (metric family, label filter)
 }
 COUNTERS = {
     "underruns": (P + "underruns_total", {}),
+    "gap_s": (P + "playback_gap_seconds_total", {}),
     "rejections": (P + "rejected_sessions_total", {"reason": "full"}),
     "interruptions": (P + "interruptions_total", {}),
     "sessions": (P + "sessions_total", {}),
@@ -93,6 +94,7 @@ def crosscheck(server: dict, client: dict) -> list[dict]:
                          "server": histogram_quantile(q, h["buckets"])})
     rows.append({"figure": "underruns", "stat": "count", "client": client["underruns"],
                  "server": server["underruns"]})
+    rows.append({"figure": "gap_s", "stat": "total", "client": client["gap_s"], "server": server["gap_s"]})
     rows.append({"figure": "rejections", "stat": "count", "client": client["rejections"],
                  "server": server["rejections"]})
     rows.append({"figure": "interruptions", "stat": "count", "client": client["cancelled"],

@@ -84,10 +84,12 @@ def markdown(doc: dict) -> str:
             "generator's own mic clock ran (large: the client, not the server, is the bottleneck).", "",
             "![latency](latency_vs_users.png)", "", "![underruns](underruns_vs_users.png)", "",
             "## Client against server (/metrics)", "",
-            "The server measures from its own clock: time to first audio when the audio leaves the engine (before "
-            "the socket), end of speech as its VAD places it, underruns as the engine's output falling behind real "
-            "time. The client's figures add delivery and its own event loop. Server quantiles are estimates "
-            "from the histogram buckets (linear inside a bucket).", ""]
+            "The server measures from its own clock: time to first audio when the session sends the audio (on its "
+            "event loop, before the socket), end of speech as its VAD places it (counted back from the input "
+            "received), underruns and gap seconds as a client playing each response in real time from its first "
+            "audio would count them, at the moment each chunk is sent. The client's figures add delivery and its "
+            "own event loop. Server quantiles are estimates from the histogram buckets (linear inside a bucket).",
+            ""]
     for run in runs:
         out += [f"### N = {run['summary']['users']}", "", crosscheck_table(run), ""]
         if run.get("error_messages"):

@@ -49,7 +49,7 @@ def _load() -> list[float] | None:
 def _client_side(summary: dict) -> dict:
     """The client's figures in the shape prom.crosscheck compares."""
     return {**{k: summary[k] for k in prom.HISTOGRAMS}, "ttfa_speech_end_s": summary["ttfa_speech_end_vad_s"],
-            "underruns": summary["underruns"],
+            "underruns": summary["underruns"], "gap_s": summary["gap_s"],
             "rejections": summary["rejections"], "cancelled": summary["cancelled"],
             "sessions": summary["sessions"]}
 

@@ -81,7 +81,8 @@ class Connection:
         ttfa_speech = r.first_audio - r.speech_end if r.first_audio and r.speech_end else None
         ttft = r.first_text - r.committed if r.first_text and r.committed else None
         rtf = (time.perf_counter() - r.started) / r.audio_seconds if r.audio_seconds else None
-        m.response(ttfa_speech_end_s=ttfa_speech, ttfa_commit_s=ttfa_commit, ttft_s=ttft, rtf=rtf)
+        m.response(ttfa_speech_end_s=ttfa_speech, ttfa_commit_s=ttfa_commit, ttft_s=ttft, rtf=rtf,
+                   underruns=r.playout.underruns, gap_s=r.playout.gap_s)
         m.audio_out(r.audio_seconds)
         if r.status == "cancelled" and r.reason == "turn_detected":
             m.interruption()
@@ -89,6 +90,7 @@ class Connection:
                              "status": r.status, "reason": r.reason, "ttfa_speech_end_s": _round(ttfa_speech),
                              "ttfa_commit_s": _round(ttfa_commit), "ttft_s": _round(ttft),
                              "audio_s": round(r.audio_seconds, 3), "rtf": _round(rtf),
+                             "underruns": r.playout.underruns, "gap_s": round(r.playout.gap_s, 3),
                              "cached_positions": r.usage.cached_positions,
                              "input_positions": r.usage.input_positions}))
 

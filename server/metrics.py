@@ -68,8 +68,10 @@ class Metrics:
                               buckets=STEP_BUCKETS, registry=r)
         self.batch = Histogram(p + "decode_batch_size", "Sessions in one decode step", buckets=BATCH_BUCKETS,
                                registry=r)
-        self.underruns = Counter(p + "underruns_total", "Times a client's playback ran dry during a response",
-                                 registry=r)
+        self.underruns = Counter(p + "underruns_total", "Times a client playing a response in real time from its "
+                                 "first audio would have run dry (counted as the audio leaves the server)", registry=r)
+        self.gaps = Counter(p + "playback_gap_seconds_total", "Silence those underruns put into the responses' "
+                            "playback: the waits for the next audio", registry=r)
         self.interruptions = Counter(p + "interruptions_total", "Responses cut short by user speech (barge-in)",
                                      registry=r)
         self.input_audio = Counter(p + "input_audio_seconds_total", "Audio received from clients", registry=r)
@@ -100,7 +102,7 @@ class Metrics:
             self.errors.labels(kind)
         # Engine counters are cumulative: remember the last value and add only the increase.
         self._cumulative = {"steps": self.steps, "prefill_positions": self.prefill_positions,
-                            "underruns": self.underruns, "skipped_rows": self.skipped, "sessions_failed": self.failed}
+                            "skipped_rows": self.skipped, "sessions_failed": self.failed}
         self._last = dict.fromkeys(self._cumulative, 0)
 
     def session_started(self, transport: str) -> None:
@@ -129,8 +131,13 @@ class Metrics:
             self.output_audio.inc(seconds)
 
     def response(self, ttfa_speech_end_s: float | None = None, ttfa_commit_s: float | None = None,
-                 ttft_s: float | None = None, rtf: float | None = None) -> None:
+                 ttft_s: float | None = None, rtf: float | None = None, underruns: int = 0,
+                 gap_s: float = 0.0) -> None:
         """One finished response; None where the value does not apply (no VAD, no audio, no text)."""
+        if underruns > 0:
+            self.underruns.inc(underruns)
+        if gap_s > 0:
+            self.gaps.inc(gap_s)
         if ttfa_speech_end_s is not None:
             self.ttfa.labels("speech_end").observe(ttfa_speech_end_s)
         if ttfa_commit_s is not None:

@@ -239,6 +239,7 @@ class InputDecoder:
         self.fmt, self.rate = fmt, rate
         self._resampler = StreamResampler(fmt.rate, rate)
         self._carry = b""  # the odd byte of a pcm16 chunk, completed by the next chunk
+        self.received_s = 0.0  # input decoded so far (the resampler's output lags it by its delay)
 
     def decode(self, data: bytes) -> np.ndarray:
         if self.fmt.kind == "pcm16":
@@ -249,6 +250,7 @@ class InputDecoder:
             x = pcm16_to_float(bytes(data[:cut]))
         else:
             x = ulaw_decode(data) if self.fmt.kind == "pcmu" else alaw_decode(data)
+        self.received_s += x.size / self.fmt.rate
         return self._resampler.process(x)
 
     def flush(self) -> np.ndarray:

@@ -25,11 +25,11 @@ from typing import Literal
 import torch
 
 from models.checkpoint import Checkpoint
-from models.defaults import MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
+from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
 from streaming.handle import EngineSession
 from streaming.messages import Command, EngineStats, Event, Open, SessionFailed
 from streaming.runner import Runner
-from streaming.scheduler import Policy, Scheduler
+from streaming.scheduler import Headroom, Policy, Scheduler
 from streaming.slots import Slots
 
 __all__ = ["Engine", "EngineConfig", "EngineSession"]
@@ -44,13 +44,20 @@ class EngineConfig:
     prefill_budget: int = PREFILL_BUDGET  # prefill positions per iteration, over all slots
     decoder: Literal["auto", "mimi", "lfm2.5"] = "auto"
     compile: bool = False  # torch.compile the static-shape decode step (models/compiled.py)
-    static_batch: bool = True  # decode steps run every slot (masked): results independent of the batch
+    static_batch: bool = False  # True: decode steps run every slot (masked), results independent of the batch
     saturated_step_s: float = 0.06  # a decode step slower than this means the machine is saturated
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
+    first_audio_lead_s: float = 0.4  # sessions this far ahead wait while another works towards its first audio
+    admit_load: float | None = 0.8  # admit while predicted steps use at most this much of real time; None: slots
+    admit_floor: int = 4  # sessions always admitted (up to the slots), whatever the steps measure
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
     threads: int | None = None  # torch threads; None: 1 for a small model, else torch's default
 
 
+CALIBRATION_WEIGHT = 20  # each calibrated batch counts as this many steps: forgotten after a few hundred real ones
+# Steps served alongside the event loop (the GIL, the clients' audio) are slower than steps timed alone: measured
+# 2.4x on 2 cores with 32 load-test users on the same machine (50 ms at 18 rows served, 21 ms at 16 calibrated).
+SERVING_OVERHEAD = 2.0
 STATS_KEPT = 10_000  # samples kept between two drains (a server nobody scrapes must not grow)
 
 
@@ -62,7 +69,13 @@ class Engine:
         self.tokenizer = ckpt.tokenizer
         self.runner = runner or Runner(ckpt, slots=cfg.max_sessions, capacity=cfg.max_context, decoder=cfg.decoder,
                                        compile=cfg.compile, static=cfg.static_batch)
-        self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s))
+        headroom = None
+        if cfg.admit_load is not None:
+            c = ckpt.config  # a real-time session needs this many decode steps per second of its speech
+            steps_per_s = (c.interleaved_n_text + c.interleaved_n_audio) / (c.interleaved_n_audio * FRAME_S)
+            headroom = Headroom(steps_per_s, cfg.admit_load, floor=cfg.admit_floor)
+        self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s,
+                                                            cfg.first_audio_lead_s), headroom)
         self._stats = EngineStats(slots_total=cfg.max_sessions)
         self._stats_lock = threading.Lock()
         self.slots = Slots(ckpt.config, self.tokenizer, self.scheduler, cfg.max_context, self._stats)
@@ -146,9 +159,25 @@ class Engine:
         if threads:
             torch.set_num_threads(threads)
 
+    def _calibrate(self) -> None:
+        """Step costs at a few batch sizes before the first session, so that admission can predict from the
+        start (sessions arrive before they generate); measured steps then take over."""
+        if self.scheduler.headroom is None or not hasattr(self.runner, "calibrate"):
+            return
+        n = self.config.max_sessions
+        measured = self.runner.calibrate(sorted({1, max(1, n // 2), n}))
+        for batch, seconds in measured:
+            for _ in range(CALIBRATION_WEIGHT):
+                self.scheduler.observe_step(batch, seconds * SERVING_OVERHEAD)
+        h = self.scheduler.headroom
+        fits = max((k for k in range(1, n + 1) if h.admits(k)), default=0)
+        log.info("decode steps: %s; real time allows %.0f ms per step: admits up to %d of %d sessions now",
+                 ", ".join(f"{b} rows {1000 * s:.1f} ms" for b, s in measured), 1000 * h.budget_s, fits, n)
+
     def _loop(self) -> None:
         self._set_threads()
         try:
+            self._calibrate()
             while not self._stop.is_set():
                 self._stats.last_heartbeat = time.monotonic()
                 self._busy = self.slots.busy()
@@ -187,6 +216,8 @@ class Engine:
                 s.steps += 1
                 _record(s.step_seconds, result.decode_seconds)
                 _record(s.batch_sizes, len(plan.decode))
+        if result.decode_seconds is not None:
+            self.scheduler.observe_step(len(plan.decode), result.decode_seconds)
         self._fan_out()
 
     def _fan_out(self) -> None:

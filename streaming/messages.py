@@ -177,7 +177,6 @@ class EngineStats:
     prefill_seconds: list[float] = field(default_factory=list)
     prefill_positions: int = 0
     queue_depth: int = 0  # slots waiting for prefill
-    underruns: int = 0
     skipped_rows: int = 0  # rows that waited a step because they were far ahead of real time
     sessions_failed: int = 0
     alive: bool = False

@@ -1,8 +1,8 @@
 """One response on a slot, from its request to its ResponseDone: what each sampled item means (emit, feed,
 count), the events it makes, how it ends. The engine thread calls it; it touches no tensor.
 
-Its audio frames are counted here, once (`frames`): usage, event frame indices, the client's lead and
-underruns all read that count.
+Its audio frames are counted here, once (`frames`): usage, event frame indices and the client's lead read
+that count. (Underruns are counted where the audio leaves the session, as a client would: streaming/playout.py.)
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class Response:
         self.finishing = False  # generation is over; its speech stream still has to be flushed
         self.cancel_reason: str | None = None  # set by a cancel: finished at the next iteration
         self.length_reason = "max_output_tokens"  # or "max_context"
-        self.underrun = False
         self.transcript: list[str] = []
 
     @property
@@ -60,6 +59,11 @@ class Response:
         if self.timings.first_audio is None:
             return 0.0
         return self.frames * FRAME_S - (now - self.timings.first_audio)
+
+    @property
+    def awaiting_audio(self) -> bool:
+        """A spoken response that has produced no audio yet (the scheduler puts its first audio first)."""
+        return self.request.audio and self.timings.first_audio is None and not self.finishing
 
     def prefill_done(self, now: float) -> None:
         self.prefilled = True
@@ -89,17 +93,11 @@ class Response:
             self.gen.finish, self.length_reason = Finish.LENGTH, "max_context"
         return events
 
-    def audio(self, pcm: np.ndarray, now: float) -> tuple[AudioDelta, bool]:
-        """The speech of the frame accepted last; also says whether the client has just run dry."""
-        played = (self.frames - 1) * FRAME_S  # what the frames before this one hold
-        ran_dry = False
+    def audio(self, pcm: np.ndarray, now: float) -> AudioDelta:
+        """The speech of the frame accepted last."""
         if self.timings.first_audio is None:
             self.timings.first_audio = now
-        elif not self.underrun and played < now - self.timings.first_audio:
-            self.underrun = ran_dry = True  # the client has played everything we sent: a gap
-        elif self.underrun and played >= now - self.timings.first_audio:
-            self.underrun = False
-        return AudioDelta(self.request.response_id, pcm, self.frames - 1), ran_dry
+        return AudioDelta(self.request.response_id, pcm, self.frames - 1)
 
     def cancel(self, reason: str) -> None:
         self.cancel_reason = reason

@@ -138,6 +138,34 @@ class Runner:
             out.decode_seconds = time.perf_counter() - t0
         return out
 
+    @torch.inference_mode()
+    def calibrate(self, batches: list[int], repeats: int = 3) -> list[tuple[int, float]]:
+        """Time decode steps of `batch` rows (two in three speaking a frame, as interleaved turns do), on the
+        slots from 0 up, then clear those rows: what admission predicts from before the first session. Only
+        before any session holds a slot."""
+        out = []
+        text, audio = SamplingParams(), SamplingParams(1.0, 4)
+        for batch in batches:
+            rows = list(range(min(batch, self.slots)))
+            for r in rows:
+                self._start(Start(r, seed=r, speak=True))
+            plan = StepPlan(decode=[
+                Decode(r, 0, (Modality.TEXT, 0), Modality.TEXT if r % 3 == 2 else Modality.AUDIO_OUT, text, audio,
+                       True) for r in rows])
+            times = []
+            for _ in range(repeats):
+                result = self.step(plan)
+                if result.failed or result.decode_seconds is None:
+                    break
+                times.append(result.decode_seconds)
+            if times:
+                out.append((len(rows), min(times[1:] or times)))  # the first call pays one-time allocations
+        every = list(range(self.slots))
+        self.state.reset_rows(every)
+        self.speech.start(every)
+        self._generators.clear()
+        return out
+
     @staticmethod
     def _guard(out: StepResult, slots: list[int], what: str, work: Callable[[], None]) -> None:
         try:

@@ -2,18 +2,26 @@
 no torch, so the policy can be tested alone.
 
 Admission: a session is admitted while admitted sessions plus transcription helpers are fewer than the
-slots; otherwise EngineFull (nothing queues real-time audio). A closed session's slot counts as free at
-once: commands run in order, so its slot is released before a later session's open is applied. A
-transcription helper takes a spare slot only, never one promised to a session being opened.
+slots, and while the measured decode steps leave room for one more real-time session (`Headroom`: a step's
+cost fitted against its batch size, and the step time real time allows); otherwise EngineFull (nothing
+queues real-time audio: a refused client is told at once and may try again later or elsewhere). A closed
+session's slot counts as free at once: commands run in order, so its slot is released before a later
+session's open is applied. A transcription helper takes a spare slot only, never one promised to a session
+being opened.
 
 Policy (one iteration):
 1. Prefill under a budget. Slots waiting to start a response get at most `prefill_budget` new
    positions in total per iteration, first come first served, in chunks; a long prefill is spread
    over iterations so that the others' decode steps keep coming between its chunks.
-2. One batched decode step for every generating slot, except that when the machine is saturated
-   (the last decode step took longer than `saturated_step_s`), a slot whose client already holds more
-   than `lead_s` seconds of unplayed audio sits this step out. Slots closest to running dry are never
-   skipped, and a slot is never skipped twice in a row, so nobody starves.
+2. One batched decode step for every generating slot, except:
+   - first audio first: while some slot works towards its response's first audio (its text lead-in, a
+     few cheap text steps), slots whose clients hold more than `first_audio_lead_s` seconds of unplayed
+     audio sit those steps out. The step then costs what the starting rows cost (the batch follows the
+     rows that run), so the first audio comes a few short steps after the commit, whatever the load;
+   - when the machine is saturated (the last decode step took longer than `saturated_step_s`), a slot
+     whose client already holds more than `lead_s` seconds of unplayed audio sits this step out, never
+     twice in a row.
+   Slots closest to running dry are never skipped, so nobody starves.
 3. Slots that were asked to cancel are finished before anything else runs for them.
 """
 
@@ -24,7 +32,7 @@ from dataclasses import dataclass, field
 
 from streaming.messages import EngineFull
 
-__all__ = ["Plan", "Policy", "Scheduler", "SlotView", "plan_iteration"]
+__all__ = ["Headroom", "Plan", "Policy", "Scheduler", "SlotView", "plan_iteration"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class SlotView:
     generating: bool  # has a response that is past its prefill
     lead_s: float  # audio produced minus audio the client has had time to play (seconds)
     skipped_last: bool = False
+    awaiting_audio: bool = False  # generating a spoken response that has sent no audio yet
 
 
 @dataclass
@@ -49,6 +58,7 @@ class Policy:
     prefill_budget: int
     saturated_step_s: float
     lead_s: float
+    first_audio_lead_s: float = float("inf")  # inf: no first-audio priority
 
 
 def plan_iteration(
@@ -58,6 +68,7 @@ def plan_iteration(
     last_step_s: float,
     saturated_step_s: float,
     lead_s: float,
+    first_audio_lead_s: float = float("inf"),
 ) -> Plan:
     plan = Plan()
     budget = prefill_budget
@@ -68,25 +79,75 @@ def plan_iteration(
         plan.prefill.append((view.slot, n))
         budget -= n
     saturated = last_step_s > saturated_step_s
-    for view in slots:
-        if not view.generating or view.pending_positions > 0:
-            continue
-        if saturated and view.lead_s > lead_s and not view.skipped_last:
-            plan.skipped.append(view.slot)
-        else:
-            plan.decode.append(view.slot)
-    if not plan.decode and plan.skipped:  # never idle the machine to hold rows back
+    ready = [v for v in slots if v.generating and v.pending_positions == 0]
+    chunk = dict(plan.prefill)
+    joining = [v for v in slots if v.pending_positions > 0 and chunk.get(v.slot, 0) >= v.pending_positions]
+    starting = any(v.awaiting_audio for v in (*ready, *joining))  # joining: decodes right after its prefill
+    for view in ready:
+        yields = starting and not view.awaiting_audio and view.lead_s > first_audio_lead_s
+        waits = saturated and view.lead_s > lead_s and not view.skipped_last
+        (plan.skipped if yields or waits else plan.decode).append(view.slot)
+    if not plan.decode and not joining and plan.skipped:  # never idle the machine to hold rows back
         plan.decode, plan.skipped = plan.skipped, []
     return plan
+
+
+class Headroom:
+    """Whether one more session fits in real time, from the decode steps measured so far.
+
+    A step advances every generating row by one item; a session that speaks in real time needs `steps_per_s`
+    of them (its text and audio items per second of speech). So N sessions fit while a step with N rows
+    takes at most `1 / steps_per_s` seconds, times `load` (the margin kept for bursts of first audio, clip
+    encodes and prefills). The cost of a step with B rows is fitted as a + b * B by exponentially weighted
+    least squares over recent steps; while the batch sizes seen do not spread enough for a slope, the cost is
+    taken as what it measured (a small model's step is bound by per-op overhead, not by its rows). Until
+    `warm_steps` steps were measured, and up to `floor` sessions, it admits: one moment of a busy machine
+    must not turn a server away from its smallest use; the protection is for many sessions."""
+
+    def __init__(self, steps_per_s: float, load: float = 0.8, memory: float = 0.99, warm_steps: int = 20,
+                 floor: int = 1) -> None:
+        self.budget_s = load / steps_per_s
+        self.memory = memory  # weight kept per observation: ~100 steps, a few seconds of decoding
+        self.warm_steps = warm_steps
+        self.floor = floor
+        self.steps = 0
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def observe(self, batch: int, seconds: float) -> None:
+        m = self.memory
+        self.steps += 1
+        self._w = m * self._w + 1
+        self._x = m * self._x + batch
+        self._y = m * self._y + seconds
+        self._xx = m * self._xx + batch * batch
+        self._xy = m * self._xy + batch * seconds
+
+    def step_s(self, batch: int) -> float | None:
+        """The predicted decode step time with `batch` rows; None before any step was measured."""
+        if self._w == 0:
+            return None
+        mean_x, mean_y = self._x / self._w, self._y / self._w
+        var = self._xx / self._w - mean_x * mean_x
+        if var < 1.0:  # batch sizes within about one row of each other: no slope to fit
+            return mean_y
+        slope = max(0.0, (self._xy / self._w - mean_x * mean_y) / var)
+        return max(mean_y + slope * (batch - mean_x), 0.0)
+
+    def admits(self, sessions: int) -> bool:
+        if sessions <= self.floor or self.steps < self.warm_steps:
+            return True
+        predicted = self.step_s(sessions)
+        return predicted is None or predicted <= self.budget_s
 
 
 class Scheduler:
     """The slot table (slot -> owner) and admission. `admit`, `withdraw`, `free` and `used` may be called
     from any thread; the rest only from the engine thread. Owners are session ids; helpers use negative ids."""
 
-    def __init__(self, slots: int, policy: Policy) -> None:
+    def __init__(self, slots: int, policy: Policy, headroom: Headroom | None = None) -> None:
         self.total = slots
         self.policy = policy
+        self.headroom = headroom  # None: admission by slot count only
         self._owner: list[int | None] = [None] * slots
         self._admitted: set[int] = set()  # sessions admitted and not closed or failed
         self._lock = threading.Lock()
@@ -97,6 +158,10 @@ class Scheduler:
             helpers = sum(1 for o in self._owner if o is not None and o < 0)
             if len(self._admitted) + helpers >= self.total:
                 raise EngineFull(f"all {self.total} sessions are in use")
+            h = self.headroom
+            if h is not None and not h.admits(len(self._admitted) + 1):
+                raise EngineFull(f"at capacity: {len(self._admitted)} sessions take the real-time budget "
+                                 f"({1000 * h.budget_s:.0f} ms per decode step)")
             self._admitted.add(session)
 
     def withdraw(self, session: int) -> None:
@@ -126,6 +191,12 @@ class Scheduler:
             self._owner[free[0]] = owner
             return free[0]
 
+    def observe_step(self, batch: int, seconds: float) -> None:
+        """A decode step of `batch` rows took `seconds` (engine thread): what admission measures."""
+        if self.headroom is not None:
+            with self._lock:
+                self.headroom.observe(batch, seconds)
+
     def release(self, slot: int) -> None:
         with self._lock:
             owner, self._owner[slot] = self._owner[slot], None
@@ -134,4 +205,5 @@ class Scheduler:
     def schedule(self, views: list[SlotView], last_step_s: float) -> Plan:
         p = self.policy
         return plan_iteration(views, prefill_budget=p.prefill_budget, last_step_s=last_step_s,
-                              saturated_step_s=p.saturated_step_s, lead_s=p.lead_s)
+                              saturated_step_s=p.saturated_step_s, lead_s=p.lead_s,
+                              first_audio_lead_s=p.first_audio_lead_s)

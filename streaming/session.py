@@ -33,6 +33,7 @@ from streaming import messages as m
 from streaming.audio import AudioFormat, InputDecoder, SampleBuffer
 from streaming.endpoint import EAGERNESS, SemanticTurnDetector
 from streaming.engine import Engine, EngineSession
+from streaming.playout import Playout
 from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector, VadConfig
 
 __all__ = [
@@ -115,6 +116,7 @@ class Response:
     first_audio: float | None = None
     first_text: float | None = None
     cancel_requested: bool = False
+    playout: Playout = field(default_factory=Playout)  # a real-time client's playback: underruns, gaps
 
 
 # ---- events for the transport adapters
@@ -209,6 +211,7 @@ class Session:
         self._buffer = SampleBuffer()  # 16 kHz input since the last commit
         self._buffer_start_ms = 0  # session timeline ms of _buffer[0]
         self._written_ms = 0.0  # total input written, ms
+        self._received_ms = 0.0  # total input received, ms: ahead of _written_ms by what the resampler holds
         self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
         self._vad_origin_ms = 0  # session ms where the detector's own timeline starts
         self._next_response: dict | None = None  # requested while an interrupted one winds down
@@ -255,7 +258,10 @@ class Session:
     def append_audio(self, data: bytes, event_id: str | None = None) -> None:
         """Input audio in the session's input format (or the transport's media_input), from any transport."""
         if not self.closed:
-            self._take(self._decoder.decode(data), event_id)
+            before = self._decoder.received_s
+            pcm = self._decoder.decode(data)
+            self._received_ms += 1000 * (self._decoder.received_s - before)
+            self._take(pcm, event_id)
 
     def _take(self, pcm: np.ndarray, event_id: str | None = None) -> None:
         if (len(self._buffer) + len(pcm)) / INPUT_RATE > self.max_buffer_s:
@@ -299,9 +305,12 @@ class Session:
             self.emit(SpeechEvent("stopped", end, item_id))
             item = self._commit_range(item_id, max(start_ms - td.vad.prefix_padding_ms, self._buffer_start_ms), end)
             if item is not None and td.create_response and self.config.kind == "realtime":
-                # When the user stopped speaking, for time-to-first-audio (the audio arrives in real time).
-                silence_s = (ev.audio_end_ms - (ev.speech_end_ms or ev.audio_end_ms)) / 1000
-                self.create_response(speech_end=time.perf_counter() - silence_s)
+                # When the user stopped speaking, for time-to-first-audio: the audio arrives in real time, so
+                # the speech ended as long ago as the input received since its end lasts (counted to the input
+                # received, not to what the detector has judged: the resampler and a partial frame lag behind).
+                spoken_end_ms = (ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_end_ms)
+                since_s = max(0.0, self._received_ms - spoken_end_ms - self._vad_origin_ms) / 1000
+                self.create_response(speech_end=time.perf_counter() - since_s)
 
     def commit(self, event_id: str | None = None) -> ConvItem | None:
         """Manual turn (push-to-talk): the whole buffer becomes a user item."""
@@ -478,8 +487,10 @@ class Session:
         elif isinstance(event, m.AudioDelta):
             r = self.responses.get(event.response_id)
             if r is not None and r is self.response and not r.cancel_requested:
-                r.first_audio = r.first_audio or time.perf_counter()
+                now = time.perf_counter()
+                r.first_audio = r.first_audio or now
                 r.audio_seconds += len(event.pcm) / OUTPUT_RATE
+                r.playout.feed(now, len(event.pcm) / OUTPUT_RATE)
                 part = r.item.content[0]
                 part.audio_ms = round(1000 * r.audio_seconds)
                 self.emit(ResponseAudio(r, event.pcm))

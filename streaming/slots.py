@@ -249,7 +249,8 @@ class Slots:
         r = slot.response
         with slot.lock:
             pending = 0 if r.prefilled else max(1, slot.conv.pending_length())
-        return SlotView(slot.index, slot.waiting_since, pending, r.prefilled, r.lead_s(now), slot.skipped_last)
+        return SlotView(slot.index, slot.waiting_since, pending, r.prefilled, r.lead_s(now), slot.skipped_last,
+                        awaiting_audio=r.awaiting_audio)
 
     def _prefill(self, plan: StepPlan, slot: Slot, n: int) -> bool:
         """The next chunk of a slot's prefill (n positions); True if it is the last."""
@@ -307,9 +308,7 @@ class Slots:
                                   context_full=slot.conv.position + 1 >= self.max_context)
             self._emit(slot, *events)
             if d.slot in result.pcm:
-                delta, ran_dry = r.audio(result.pcm[d.slot], now)
-                self.stats.underruns += ran_dry
-                self._emit(slot, delta)
+                self._emit(slot, r.audio(result.pcm[d.slot], now))
             if r.done:
                 if r.needs_flush:
                     r.finishing = True  # its speech stream's tail comes at the next step

@@ -56,7 +56,7 @@ def exercised_metrics() -> Metrics:
     m.response(ttfa_speech_end_s=0.9, ttfa_commit_s=0.4, ttft_s=0.2, rtf=0.7)
     m.event_loop_lag(0.003)
     m.update_from(EngineStats(slots_total=4, slots_used=1, steps=3, step_seconds=[0.02], batch_sizes=[1],
-                              prefill_seconds=[0.05], prefill_positions=10, queue_depth=1, underruns=1,
+                              prefill_seconds=[0.05], prefill_positions=10, queue_depth=1,
                               skipped_rows=1, sessions_failed=1, alive=True))
     return m
 

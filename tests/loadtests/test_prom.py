@@ -17,6 +17,8 @@ lfm_audio_time_to_first_audio_seconds_count{since="speech_end"} 0.0
 lfm_audio_time_to_first_audio_seconds_sum{since="speech_end"} 0.0
 # TYPE lfm_audio_underruns_total counter
 lfm_audio_underruns_total 3.0
+# TYPE lfm_audio_playback_gap_seconds_total counter
+lfm_audio_playback_gap_seconds_total 0.5
 # TYPE lfm_audio_rejected_sessions_total counter
 lfm_audio_rejected_sessions_total{reason="full"} 2.0
 lfm_audio_rejected_sessions_total{reason="auth"} 5.0
@@ -31,7 +33,7 @@ def test_parse_picks_the_labelled_series():
     assert m["ttfa_commit_s"]["count"] == 10 and m["ttfa_commit_s"]["sum"] == pytest.approx(0.9)
     assert m["ttfa_commit_s"]["buckets"][-1] == (float("inf"), 10.0)
     assert m["ttfa_speech_end_s"]["count"] == 0
-    assert m["underruns"] == 3
+    assert m["underruns"] == 3 and m["gap_s"] == 0.5
     assert m["rejections"] == 2  # only reason="full": the load generator never fails auth
     assert m["sessions"] == 5  # summed over transports
     assert m["ttft_s"]["count"] == 0  # absent from the text: empty, not an error
@@ -52,6 +54,8 @@ def test_delta_and_crosscheck_rows():
     assert d["underruns"] == 4 and d["ttfa_commit_s"]["count"] == 0
     empty = {"count": 0, "mean": None, "p50": None, "p95": None}
     client = {k: empty for k in ("ttfa_speech_end_s", "ttfa_commit_s", "ttft_s", "rtf")}
-    rows = crosscheck(d, {**client, "underruns": 4, "rejections": 0, "cancelled": 0, "sessions": 0})
+    rows = crosscheck(d, {**client, "underruns": 4, "gap_s": 0.0, "rejections": 0, "cancelled": 0, "sessions": 0})
     row = next(r for r in rows if r["figure"] == "underruns")
     assert (row["client"], row["server"]) == (4, 4)
+    row = next(r for r in rows if r["figure"] == "gap_s")
+    assert (row["client"], row["server"]) == (0.0, 0.0)

@@ -18,6 +18,7 @@ NAMES = {
     "lfm_audio_engine_slots_capacity", "lfm_audio_engine_ready", "lfm_audio_engine_prefill_queue_depth",
     "lfm_audio_engine_steps", "lfm_audio_engine_prefill_positions", "lfm_audio_engine_skipped_rows",
     "lfm_audio_engine_sessions_failed", "lfm_audio_build_info", "lfm_audio_event_loop_lag_seconds",
+    "lfm_audio_playback_gap_seconds",
 }  # as the parser names families: counters without _total
 LABELS = {"transport", "since", "type", "reason", *BUILD_LABELS}  # small fixed sets: never a session id
 UNITLESS = {"lfm_audio_decode_batch_size"}  # a count of sessions
@@ -50,9 +51,9 @@ def exercised(m: Metrics) -> Metrics:
     m.interruption()
     m.audio_in(1.5)
     m.audio_out(2.0)
-    m.response(0.9, 0.3, 0.2, 0.7)
+    m.response(0.9, 0.3, 0.2, 0.7, underruns=1, gap_s=0.04)
     m.update_from(EngineStats(slots_total=8, slots_used=2, steps=5, step_seconds=[0.02], batch_sizes=[2],
-                              prefill_seconds=[0.05], prefill_positions=40, queue_depth=1, underruns=1,
+                              prefill_seconds=[0.05], prefill_positions=40, queue_depth=1,
                               skipped_rows=2, sessions_failed=1, alive=True))
     return m
 
@@ -115,7 +116,7 @@ def test_histograms_move(m):
     assert value(m, "lfm_audio_session_duration_seconds_bucket", transport="http", le="120.0") == 1
 
 
-CUMULATIVE = {"underruns": "lfm_audio_underruns_total", "skipped_rows": "lfm_audio_engine_skipped_rows_total",
+CUMULATIVE = {"skipped_rows": "lfm_audio_engine_skipped_rows_total",
               "sessions_failed": "lfm_audio_engine_sessions_failed_total", "steps": "lfm_audio_engine_steps_total",
               "prefill_positions": "lfm_audio_engine_prefill_positions_total"}
 
@@ -132,7 +133,15 @@ def test_update_from_adds_only_the_increase(m):
     m.update_from(stats(2))  # a new engine counts from zero: all of it is new, and counters never go down
     assert {k: value(m, v) for k, v in CUMULATIVE.items()} == dict.fromkeys(CUMULATIVE, 7)
     m.update_from(stats(4))
-    assert value(m, "lfm_audio_underruns_total") == 9
+    assert value(m, "lfm_audio_engine_steps_total") == 9
+
+
+def test_underruns_and_gaps_come_from_each_responses_playout(m):
+    m.response(ttfa_commit_s=0.1, underruns=2, gap_s=0.25)
+    m.response(ttfa_commit_s=0.1)  # played through
+    m.response(underruns=1, gap_s=0.05)
+    assert value(m, "lfm_audio_underruns_total") == 3
+    assert value(m, "lfm_audio_playback_gap_seconds_total") == pytest.approx(0.3)
 
 
 def test_engine_gauges(m):

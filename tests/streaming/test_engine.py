@@ -105,7 +105,21 @@ def _conversations(golden):
     ]
 
 
-def test_batched_sessions_equal_each_alone(engine, golden):
+@pytest.mark.parametrize("static", [True, False], ids=["static", "serving-default"])
+def test_batched_sessions_equal_each_alone(tiny, golden, static):
+    """static: every step runs every slot (masked), so a row's numbers cannot depend on the batch: exactly equal.
+    The serving default runs only the rows that decode, with attention up to the longest of them; its greedy
+    sequences are the same too (test_engine_turns_match_the_reference checks them against the goldens)."""
+    engine = Engine(tiny, EngineConfig(max_sessions=4, max_context=1024, prefill_budget=64, static_batch=static,
+                                       first_audio_lead_s=float("inf")))  # everyone decodes each step: real batches
+    engine.start()
+    try:
+        _batched_equal_alone(engine, golden)
+    finally:
+        engine.stop()
+
+
+def _batched_equal_alone(engine, golden):
     convs = _conversations(golden)
     alone = []
     for turns in convs:
