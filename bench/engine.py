@@ -78,7 +78,7 @@ def _engine(args: argparse.Namespace, sessions: int):
     from streaming.engine import Engine, EngineConfig
 
     torch.set_num_threads(args.threads)
-    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype))
+    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype), weights=args.weights)
     # threads: the engine's own choice (1 for a small model, else args.threads set above)
     eng = Engine(ckpt, EngineConfig(max_sessions=sessions, max_context=ENGINE_CONTEXT, compile=args.compile))
     eng.start()

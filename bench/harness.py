@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.defaults import CHAT_PROMPT
+from models.defaults import CHAT_PROMPT, WEIGHTS
 
 __all__ = [
     "ROOT", "add_worker_flags", "checkpoint", "common_flags", "our_worker", "reference", "reference_python", "run_json",
@@ -66,6 +66,7 @@ def add_worker_flags(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0], help="models/quant.py's formats")
     return ap
 
 

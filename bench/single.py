@@ -112,7 +112,7 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     warmup_clip, clips = read_clips(args.clips)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype))
+    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype), weights=args.weights)
     load_s = time.perf_counter() - t0
     speech = SpeechDecoder(ckpt.detokenizer or ckpt.mimi, rows=1) if args.speech else None
     chat = _open(ckpt, args.capacity, args.compile)

@@ -13,8 +13,8 @@ __all__ = [
     "ASR_PROMPT", "CHAT_AUDIO_SAMPLING", "CHAT_PROMPT", "CLIENT_SECRET_TTL_S", "DECODERS", "DEFAULT_VOICE",
     "FRAME_MS", "FRAME_S", "FRAME_SAMPLES", "GENERATE_MAX_TOKENS", "INPUT_RATE", "MAX_CONTEXT", "MAX_INPUT_BUFFER_S",
     "MAX_RESPONSE_TOKENS", "MAX_SESSIONS", "MAX_TTL_S", "MIN_TTL_S", "MODES", "OUTPUT_RATE", "PREFILL_BUDGET",
-    "RESPONSE_TOKENS", "TEXT_SAMPLING", "TRANSCRIPTION_TOKENS", "TTS_AUDIO_SAMPLING", "TTS_VOICES", "WIRE_RATE",
-    "frames_in_ms",
+    "RESPONSE_TOKENS", "TEXT_SAMPLING", "TRANSCRIPTION_TOKENS", "TTS_AUDIO_SAMPLING", "TTS_VOICES", "WEIGHTS",
+    "WIRE_RATE", "frames_in_ms",
 ]
 
 # ---- prompts and voices (lfm2-audio-model.md 4.1: the system prompts the model was trained with)
@@ -29,6 +29,7 @@ TTS_VOICES = {
 DEFAULT_VOICE = "us_female"
 MODES = ("chat", "asr", "tts")  # interleaved chat, sequential transcription, sequential speech
 DECODERS = ("auto", "mimi", "lfm2.5")  # speech detokenizers; auto: LFM2.5's when the checkpoint has it
+WEIGHTS = ("dense", "int8", "int4")  # decode-path linear weights (models/quant.py); dense: the model dtype
 
 # ---- sampling, as the model card recommends: text greedy in every mode; audio per mode
 TEXT_SAMPLING = SamplingParams(0.0, 0)
