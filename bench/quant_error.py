@@ -144,17 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     clips = read_clips(write_clips(Path("bench/out/clips-2.safetensors"), turns=2))[1]
-    ckpt = load_checkpoint(args.ckpt, dtype=torch.bfloat16)
+    # bf16's own error against fp32 first: the scale the quantized formats' error is read against
+    ckpt = load_checkpoint(args.ckpt, dtype=torch.float32)
     with torch.inference_mode():
-        ref = run_chat(ckpt.model, ckpt.tokenizer, clips, args.items)
-    result = {}
+        fp32 = run_chat(ckpt.model, ckpt.tokenizer, clips, args.items)
+        ckpt.model.to(torch.bfloat16)  # the weights are stored in bf16: the same as loading them so
+        result = {}
+        result["bf16 vs fp32"], ref = measure(fp32, ckpt.model, ckpt.tokenizer, clips, args.items)
     for fmt in args.formats.split(","):
         q = quantize_model(copy.deepcopy(ckpt.model), fmt)
         with torch.inference_mode():
-            result[fmt] = measure(ckpt.model, q, ckpt.tokenizer, clips, args.items, dense_trace=ref)
+            result[fmt], _ = measure(ref, q, ckpt.tokenizer, clips, args.items)
         del q
         print(f"{fmt}: {json.dumps(result[fmt])}", file=sys.stderr)
-    text = json.dumps({"checkpoint": str(args.ckpt), "items": args.items, "against": "bf16 dense", **result}, indent=2)
+    text = json.dumps({"checkpoint": str(args.ckpt), "items": args.items, "against": "bf16 dense", **result},
+                      indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -102,7 +102,8 @@ def _open(ckpt, capacity: int, compile: bool):
     return open_chat(ckpt, "chat", capacity=capacity, compile=compile)
 
 
-def worker(args: argparse.Namespace) -> dict:
+def worker(args: argparse.Namespace, ckpt=None) -> dict:
+    """One measurement; `ckpt`: an already loaded checkpoint (bench/profile.py), else args.ckpt is loaded."""
     import torch
 
     from models.checkpoint import load_checkpoint
@@ -112,7 +113,8 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     warmup_clip, clips = read_clips(args.clips)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype), weights=args.weights)
+    if ckpt is None:
+        ckpt = load_checkpoint(args.ckpt, device=args.device, dtype=getattr(torch, args.dtype), weights=args.weights)
     load_s = time.perf_counter() - t0
     speech = SpeechDecoder(ckpt.detokenizer or ckpt.mimi, rows=1) if args.speech else None
     chat = _open(ckpt, args.capacity, args.compile)

@@ -140,8 +140,8 @@ class Chat:
             x_all[self.row] = x[0]
             positions = torch.zeros(rows, dtype=torch.long)
             positions[self.row] = self.conv.position
-            active = torch.arange(rows) == self.row
-            h = self.compiled.backbone_step(x_all, positions, active)[self.row]
+            active = torch.arange(rows) == self.row  # a graph takes device tensors only:
+            h = self.compiled.backbone_step(x_all, positions.to(x.device), active.to(x.device))[self.row]
         self.conv.held(1)
         return h
 

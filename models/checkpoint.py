@@ -136,6 +136,8 @@ def load_checkpoint(
     load_strict(net, directory / "model.safetensors", device=device, dtype=dtype)
     net.eval()
     _check_ties(net, cfg)
+    if dtype != torch.float32:  # fp32 is the parity dtype: its module tree and rounding stay the reference's
+        net.depthformer.fuse_feed_forward()
     quantize_model(net, weights)
 
     codec = None
