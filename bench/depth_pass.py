@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from bench.profile import bandwidth_gbs
+from bench.breakdown import bandwidth_gbs
 from models.config import AUDIO_VOCAB
 from models.depthformer import CodebookEmbedding, Depthformer, FusedSwiGLU
 from models.lfm2 import SwiGLU

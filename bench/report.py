@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.clips import CLIP_SECONDS
 from models.defaults import FRAME_MS, FRAME_S
 
-__all__ = ["engine_markdown", "engine_plot", "profile_markdown", "single_markdown"]
+__all__ = ["breakdown_markdown", "engine_markdown", "engine_plot", "single_markdown"]
 
 REAL_TIME_FPS = 1 / FRAME_S  # audio frames per second that keep up with playback
 
@@ -102,12 +102,12 @@ def engine_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def profile_markdown(result: dict) -> str:
-    """bench/profile.py's medians over rounds: where a frame's time goes, against the bandwidth bound and
+def breakdown_markdown(result: dict) -> str:
+    """bench/breakdown.py's medians over rounds: where a frame's time goes, against the bandwidth bound and
     the reference."""
     import statistics
 
-    from bench.profile import bound_frames_per_s
+    from bench.breakdown import bound_frames_per_s
 
     runs = result["runs"]
     med = statistics.median

@@ -103,7 +103,7 @@ def _open(ckpt, capacity: int, compile: bool):
 
 
 def worker(args: argparse.Namespace, ckpt=None) -> dict:
-    """One measurement; `ckpt`: an already loaded checkpoint (bench/profile.py), else args.ckpt is loaded."""
+    """One measurement; `ckpt`: an already loaded checkpoint (bench/breakdown.py), else args.ckpt is loaded."""
     import torch
 
     from models.checkpoint import load_checkpoint

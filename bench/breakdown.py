@@ -1,7 +1,7 @@
 """Where one session's time goes at full size, against the machine's memory bandwidth:
-`python -m bench.profile --ckpt DIR --configs bf16,int8+compile,... [--reference-venv V]`.
+`python -m bench.breakdown --ckpt DIR --configs bf16,int8+compile,... [--reference-venv V]`.
 
-Each configuration is measured in its own subprocess (`python -m bench.profile worker ...`), in rounds
+Each configuration is measured in its own subprocess (`python -m bench.breakdown worker ...`), in rounds
 that alternate the configurations (and the reference's single-session run, and ours), so that a busy
 machine slows all of them alike; the report gives medians over rounds. Every worker also measures a
 streaming-read bandwidth (the sum of a 1 GiB tensor) in the same process, and knows the bytes each
@@ -171,17 +171,17 @@ def run(args: argparse.Namespace) -> dict:
             runs.setdefault("reference", []).append(r)
             print(f"[round {rnd}] reference: {r['turns'][0]['decode_frames_per_s']:.2f} frames/s", file=sys.stderr)
         for name in configs:
-            r = our_worker("profile", "worker", "--config", name, *common)
+            r = our_worker("breakdown", "worker", "--config", name, *common)
             runs.setdefault(name, []).append(r)
             print(f"[round {rnd}] {name}: {r['turn']['decode_frames_per_s']:.2f} frames/s, backbone "
                   f"{r['backbone']:.1f} ms, depth pass {r['depth_pass']:.2f} ms, {r['bandwidth_gbs']:.1f} GB/s",
                   file=sys.stderr)
     result = {"threads": args.threads, "items": args.items, "rounds": args.rounds, "runs": runs}
-    (out / "profile.json").write_text(json.dumps(result, indent=2))
-    from bench.report import profile_markdown
+    (out / "breakdown.json").write_text(json.dumps(result, indent=2))
+    from bench.report import breakdown_markdown
 
-    (out / "profile.md").write_text(profile_markdown(result))
-    print((out / "profile.md").read_text())
+    (out / "breakdown.md").write_text(breakdown_markdown(result))
+    print((out / "breakdown.md").read_text())
     return result
 
 
@@ -190,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["worker"]:
         from bench.harness import add_worker_flags
 
-        ap = add_worker_flags(argparse.ArgumentParser(prog="python -m bench.profile worker"))
+        ap = add_worker_flags(argparse.ArgumentParser(prog="python -m bench.breakdown worker"))
         ap.add_argument("--config", choices=CONFIGS, required=True)
         ap.add_argument("--clips", type=Path, required=True)
         print(json.dumps(worker(ap.parse_args(argv[1:]))))
         return 0
-    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__.split("\n")[0])
     ap.add_argument("--ckpt", help="a full-size checkpoint (default: bench/out/ckpt-full, written once)")
     ap.add_argument("--configs", default="fp32,bf16,bf16+compile,int8+compile,int4+compile")
     ap.add_argument("--reference-venv", help="also time the reference's single session in every round")
