@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "implementation, every measurement a subprocess of one run")
     p.add_argument("--sizes", default="tiny,full", help="checkpoint sizes to measure")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device of our workers (the engine suite; cuda: bf16)")
     p.add_argument("--frames", type=int, default=0, help="audio frames per measurement (0 = per size default)")
     p.add_argument("--reference-venv", help="the reference's venv (default: tools/golden/setup_venv.sh)")
     p.add_argument("--no-reference", action="store_true", help="measure ours only")

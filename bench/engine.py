@@ -44,7 +44,8 @@ def run_engine(args: argparse.Namespace, ref_python: str | None,
         for size in sizes:
             for dtype in dtypes:
                 for n in (int(s) for s in args.sessions.split(",")):
-                    flags = [*common_flags(checkpoint(size, out), THROUGHPUT_ITEMS[size], args.threads, dtype),
+                    flags = [*common_flags(checkpoint(size, out), THROUGHPUT_ITEMS[size], args.threads, dtype,
+                                           args.device),
                              "--sessions", str(n)] + (["--compile"] if args.compile else [])
                     r = our_worker("engine", "throughput", *flags)
                     r.update(size=size, dtype=dtype)
@@ -55,7 +56,8 @@ def run_engine(args: argparse.Namespace, ref_python: str | None,
         clips = write_clips(out / f"clips-{args.turns}.safetensors", turns=args.turns)
         results["ttfa"] = []
         for dtype in dtypes:
-            common = [*common_flags(checkpoint(size, out), args.ttfa_items, args.threads, dtype), "--clips", str(clips)]
+            common = [*common_flags(checkpoint(size, out), args.ttfa_items, args.threads, dtype, args.device),
+                      "--clips", str(clips)]
             entry = {"size": size, "dtype": dtype, "items_per_turn": args.ttfa_items,
                      "ours": our_worker("engine", "ttfa", *common)}
             if ref_python:
@@ -78,7 +80,7 @@ def _engine(args: argparse.Namespace, sessions: int):
     from streaming.engine import Engine, EngineConfig
 
     torch.set_num_threads(args.threads)
-    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype))
+    ckpt = load_checkpoint(args.ckpt, device=args.device, dtype=getattr(torch, args.dtype), weights=args.weights)
     # threads: the engine's own choice (1 for a small model, else args.threads set above)
     eng = Engine(ckpt, EngineConfig(max_sessions=sessions, max_context=ENGINE_CONTEXT, compile=args.compile))
     eng.start()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.defaults import CHAT_PROMPT
+from models.defaults import CHAT_PROMPT, WEIGHTS
 
 __all__ = [
     "ROOT", "add_worker_flags", "checkpoint", "common_flags", "our_worker", "reference", "reference_python", "run_json",
@@ -66,8 +66,11 @@ def add_worker_flags(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0], help="models/quant.py's formats")
+    ap.add_argument("--device", default="cpu")
     return ap
 
 
-def common_flags(ckpt: Path, items: int, threads: int, dtype: str = "float32") -> list[str]:
-    return ["--ckpt", str(ckpt), "--items", str(items), "--threads", str(threads), "--dtype", dtype]
+def common_flags(ckpt: Path, items: int, threads: int, dtype: str = "float32", device: str = "cpu") -> list[str]:
+    return ["--ckpt", str(ckpt), "--items", str(items), "--threads", str(threads), "--dtype", dtype,
+            "--device", device]

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from liquid_audio import ChatState, LFM2AudioModel, LFM2AudioProcessor
@@ -47,8 +48,8 @@ def main() -> None:
     rate, warmup_clip, clips = read_clips(args.clips)
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
-    model = LFM2AudioModel.from_pretrained(args.ckpt, device="cpu", dtype=dtype).eval()
-    proc = LFM2AudioProcessor.from_pretrained(args.ckpt, device="cpu")
+    model = LFM2AudioModel.from_pretrained(args.ckpt, device=args.device, dtype=dtype).eval()
+    proc = LFM2AudioProcessor.from_pretrained(args.ckpt, device=args.device)
     load_s = time.perf_counter() - t0
 
     chat = ChatState(proc, dtype=dtype)

@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.clips import CLIP_SECONDS
 from models.defaults import FRAME_MS, FRAME_S
 
-__all__ = ["engine_markdown", "engine_plot", "single_markdown"]
+__all__ = ["breakdown_markdown", "engine_markdown", "engine_plot", "single_markdown"]
 
 REAL_TIME_FPS = 1 / FRAME_S  # audio frames per second that keep up with playback
 
@@ -100,3 +100,37 @@ def engine_plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def breakdown_markdown(result: dict) -> str:
+    """bench/breakdown.py's medians over rounds: where a frame's time goes, against the bandwidth bound and
+    the reference."""
+    import statistics
+
+    from bench.breakdown import bound_frames_per_s
+
+    runs = result["runs"]
+    med = statistics.median
+    ref = runs.get("reference")
+    ref_fps = med(_fps(r) for r in ref) if ref else None
+    head = (f"# One session, full size, {result['threads']} threads: medians of {result['rounds']} alternating "
+            "rounds\n\n")
+    lines = ["| config | frames/s | vs reference | bound frames/s | share of bound | backbone ms | depth pass ms | "
+             "text head ms | depth_linear ms | sampling ms | embed ms | speech ms | python ms/frame | GB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if ref:
+        lines.append(f"| reference (fp32) | {ref_fps:.2f} | 1.00x | | | | | | | | | | | |")
+    for name, rs in runs.items():
+        if name == "reference":
+            continue
+        fps = med(r["turn"]["decode_frames_per_s"] for r in rs)
+        bound = med(bound_frames_per_s(r) for r in rs)
+        cols = [med(r[c] for r in rs) for c in ("backbone", "depth_pass", "text_head", "depth_linear", "sampling",
+                                                 "embed", "speech", "python_ms", "bandwidth_gbs")]
+        ratio = f"{fps / ref_fps:.2f}x" if ref_fps else "-"
+        lines.append(f"| {name} | {fps:.2f} | {ratio} | {bound:.1f} | {fps / bound:.0%} | "
+                     + " | ".join(f"{c:.2f}" for c in cols[:-1]) + f" | {cols[-1]:.1f} |")
+    lines += ["", "bound: frames/s if each frame's weight bytes (1.5 backbone steps, 0.5 text heads, depth_linear, "
+              "8 depthformer passes) streamed at the GB/s measured in the same process. python ms/frame: a real "
+              f"turn's time per frame beyond the components (real time is {FRAME_MS} ms per frame)."]
+    return head + "\n".join(lines) + "\n"

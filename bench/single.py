@@ -102,7 +102,8 @@ def _open(ckpt, capacity: int, compile: bool):
     return open_chat(ckpt, "chat", capacity=capacity, compile=compile)
 
 
-def worker(args: argparse.Namespace) -> dict:
+def worker(args: argparse.Namespace, ckpt=None) -> dict:
+    """One measurement; `ckpt`: an already loaded checkpoint (bench/breakdown.py), else args.ckpt is loaded."""
     import torch
 
     from models.checkpoint import load_checkpoint
@@ -111,7 +112,8 @@ def worker(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     warmup_clip, clips = read_clips(args.clips)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(args.ckpt, dtype=getattr(torch, args.dtype))
+    if ckpt is None:
+        ckpt = load_checkpoint(args.ckpt, device=args.device, dtype=getattr(torch, args.dtype), weights=args.weights)
     load_s = time.perf_counter() - t0
     chat = _open(ckpt, args.capacity, args.compile)
     # warm-up (and compilation) on a throwaway turn, then a fresh conversation on the same row

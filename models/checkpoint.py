@@ -24,6 +24,7 @@ from models import detokenizer as lfm25
 from models import mimi
 from models.config import AudioModelConfig
 from models.lfm2_audio import LFM2AudioModel
+from models.quant import check_weights, quantize_model
 from models.random_checkpoint import MIMI_FILE, RANDOM_MARKER
 from models.tokenizer import TextTokenizer
 
@@ -118,11 +119,14 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     decoders: tuple[str, ...] = ("mimi", "lfm2.5"),
+    weights: str = "dense",
 ) -> Checkpoint:
     """Load the model, tokenizer and whichever of the requested audio decoders the directory has.
-    The decoders always run in fp32 (as the reference runs them)."""
+    The decoders always run in fp32 (as the reference runs them). weights: "dense", or "int8"/"int4"
+    for the decode path's linear layers (models/quant.py; bf16 activations, CPU)."""
     directory = resolve(model)
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or (torch.bfloat16 if weights != "dense" else default_dtype(device))
+    check_weights(weights, dtype, device)
     cfg = AudioModelConfig.from_checkpoint(directory)
     for required in ("model.safetensors", "tokenizer.json"):
         if not (directory / required).is_file():
@@ -132,6 +136,9 @@ def load_checkpoint(
     load_strict(net, directory / "model.safetensors", device=device, dtype=dtype)
     net.eval()
     _check_ties(net, cfg)
+    if dtype != torch.float32:  # fp32 is the parity dtype: its module tree and rounding stay the reference's
+        net.depthformer.fuse_feed_forward()
+    quantize_model(net, weights)
 
     codec = None
     if "mimi" in decoders and (directory / MIMI_FILE).is_file():

@@ -9,6 +9,12 @@ static shapes are what CUDA graphs need.
 
 The arithmetic is the eager modules'; inductor may fuse reductions in another order, so results
 agree to float rounding (tests check the greedy sequences stay identical).
+
+On CUDA the steps are captured as CUDA graphs (mode "reduce-overhead"): one launch per step instead of
+hundreds of kernels. What that needs, and what tests/models/test_graph_safe.py checks on a CPU: every
+input a device tensor of a fixed shape, the state updated in place at static addresses (marked so
+that the graphs may write them), no host sync inside a step (no .item(), .tolist(), data-dependent
+shapes), and no CPU tensor inside the graph (the RoPE tables are moved to the model's device here).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ class CompiledSteps:
         self.model = model
         self.state = state
         self.rows = state.rows
+        device = model.device
+        if mode is None and device.type == "cuda":
+            mode = "reduce-overhead"
+        _tables_on(model, device)
+        for t in (*state.conv, *state.keys, *state.values):
+            if t is not None:
+                torch._dynamo.mark_static_address(t)  # written in place by the graphs, never reallocated
         kw = {"dynamic": False, "fullgraph": True, "mode": mode}
         self._frame = torch.compile(self._audio_frame, **kw)
         self._step = torch.compile(self._backbone_step, **kw)
@@ -49,3 +62,10 @@ class CompiledSteps:
         """All rows of the state, one position each: x [rows, hidden], positions [rows], active [rows]."""
         with torch.inference_mode():
             return self._step(x, positions, active)
+
+
+def _tables_on(model: LFM2AudioModel, device: torch.device) -> None:
+    """The RoPE tables are plain tensors (no buffers: not in the checkpoint) built on the CPU; a graph
+    must not read a CPU tensor, so they move to the model's device once (the eager `.to` is then a no-op)."""
+    model.lfm._inv_freq = model.lfm._inv_freq.to(device)
+    model.depthformer._rope = model.depthformer._rope.to(device)

@@ -67,7 +67,8 @@ def sample_items(
         else:
             kmax = kmax_bound(params, AUDIO_VOCAB)
             shape = (model.cfg.codebooks, AUDIO_VOCAB)
-            noise = draw_noise(gens, greedy, shape, h.device) if kmax != 1 else torch.ones(len(run), *shape)
+            noise = (draw_noise(gens, greedy, shape, h.device) if kmax != 1
+                     else torch.ones(len(run), *shape, device=h.device))
             if compiled is not None:
                 frames = compiled.audio_frame(h[run], t, k, noise, kmax)
             else:

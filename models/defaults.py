@@ -35,6 +35,7 @@ __all__ = [
     "TRANSCRIPTION_TOKENS",
     "TTS_AUDIO_SAMPLING",
     "TTS_VOICES",
+    "WEIGHTS",
     "WIRE_RATE",
     "SamplingParams",
     "frames_in_ms",
@@ -52,6 +53,8 @@ TTS_VOICES = {
 DEFAULT_VOICE = "us_female"
 MODES = ("chat", "asr", "tts")  # interleaved chat, sequential transcription, sequential speech
 DECODERS = ("auto", "mimi", "lfm2.5")  # speech detokenizers; auto: LFM2.5's when the checkpoint has it
+WEIGHTS = ("dense", "int8", "int4")  # decode-path linear weights (models/quant.py); dense: the model dtype
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from models.config import EOA, DepthformerConfig
 from models.lfm2 import SwiGLU
 
-__all__ = ["CodebookEmbedding", "DepthRMSNorm", "Depthformer"]
+__all__ = ["CodebookEmbedding", "DepthRMSNorm", "Depthformer", "FusedSwiGLU"]
 
 
 class DepthRMSNorm(nn.Module):
@@ -98,6 +98,25 @@ class DepthAttention(nn.Module):
         return self.out_proj(out.reshape(B, -1))
 
 
+class FusedSwiGLU(nn.Module):
+    """SwiGLU with w1 and w3 stacked into one matrix: one matrix-vector product per pass instead of two
+    (and one packed int8/int4 matrix). Each output is the same dot product; a one-row product (one
+    session) is bit-identical, a batched one may round in another order (tests/models/test_depthformer.py).
+    Applied at load for bf16 and quantized weights, not fp32 (the parity dtype)."""
+
+    def __init__(self, ffn: SwiGLU) -> None:
+        super().__init__()
+        self.ff_dim = ffn.w1.out_features
+        w = torch.cat([ffn.w1.weight.detach(), ffn.w3.weight.detach()])
+        self.w13 = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.w13.weight = nn.Parameter(w, requires_grad=False)
+        self.w2 = ffn.w2
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).split(self.ff_dim, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
 class DepthBlock(nn.Module):
     def __init__(self, cfg: DepthformerConfig) -> None:
         super().__init__()
@@ -120,6 +139,12 @@ class Depthformer(nn.Module):
         self.codebooks = codebooks
         self.layers = nn.ModuleList(DepthBlock(cfg) for _ in range(cfg.layers))
         self._rope = _rope_rotations(cfg.head_dim, codebooks, cfg.rope_theta)
+
+    def fuse_feed_forward(self) -> None:
+        """After loading (the official names have w1 and w3 apart): stack each layer's w1 and w3."""
+        for layer in self.layers:
+            if isinstance(layer.feed_forward, SwiGLU):
+                layer.feed_forward = FusedSwiGLU(layer.feed_forward)
 
     def frame(
         self,

@@ -44,6 +44,10 @@ class LFM2AudioModel(nn.Module):
             weights = torch.ones(n_cb)
             weights[0] *= cfg.semantic_codebook_factor
         self.register_buffer("audio_loss_weights", weights)
+        # models/quant.py: "dense", or the packed format of the decode path's linear layers, whose
+        # text head is then a quantized copy of the tied table (the table still serves the lookups).
+        self.weights = "dense"
+        self.text_head: nn.Module | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -68,6 +72,8 @@ class LFM2AudioModel(nn.Module):
 
     def text_logits(self, h: Tensor) -> Tensor:
         """h [B, hidden] -> [B, vocab] through the tied text head."""
+        if self.text_head is not None:
+            return self.text_head(h)
         return F.linear(h, self.lfm.embed_tokens.weight)
 
     def audio_frame(self, h: Tensor, pick: Callable[[int, Tensor], Tensor]) -> Tensor:

@@ -70,7 +70,7 @@ def load_engine(settings: Settings) -> Loaded:
 
     source = settings.model or embedded_default()
     ckpt = load_checkpoint(source, device=settings.device, dtype=getattr(torch, settings.dtype) if settings.dtype
-                           else None)
+                           else None, weights=settings.weights)
     return engine_for(ckpt, settings)
 
 

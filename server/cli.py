@@ -7,6 +7,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+from models.defaults import WEIGHTS
+
 __all__ = ["main"]
 
 
@@ -15,6 +17,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--weights", choices=WEIGHTS, default=WEIGHTS[0],
+                   help="decode-path linear weights: dense, or int8/int4 packed (CPU, bfloat16)")
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
@@ -36,7 +40,7 @@ def load(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     model = args.model or embedded_default()
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    ckpt = load_checkpoint(model, device=args.device, dtype=dtype)
+    ckpt = load_checkpoint(model, device=args.device, dtype=dtype, weights=args.weights)
     if ckpt.random:
         print(f"note: {ckpt.directory} holds random weights ({ckpt.random.get('size')}): the speech is noise. "
               "Pass --model with a real LFM2-Audio checkpoint directory or Hub id.", file=sys.stderr)

@@ -22,6 +22,7 @@ from models.defaults import (
     MAX_TTL_S,
     MIN_TTL_S,
     PREFILL_BUDGET,
+    WEIGHTS,
 )
 
 __all__ = ["ICE_SCHEMES", "Settings"]
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="weights and activations dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    weights: Literal[WEIGHTS] = Field(WEIGHTS[0], description="decode-path linear weights: dense (the dtype), or "
+                                      "int8/int4 packed (CPU, bfloat16; error in docs/bench/speed.md)")
     max_sessions: int = Field(MAX_SESSIONS, ge=1,
                               description="concurrent sessions (engine batch slots); more are refused")
     max_context: int = Field(MAX_CONTEXT, ge=1,
