@@ -36,6 +36,7 @@ class Connection:
         self.session: Session | None = None
         self.opened = time.monotonic()
         self.turns = 0
+        self._audio_in_counted = 0.0  # of the session's input audio, seconds already in the metric
         self.close_hook: Callable[[str], object] | None = None  # set by the transport
 
     def admit(self, authorization: str | None, subprotocols: list[str]) -> dict | None:
@@ -84,6 +85,7 @@ class Connection:
         m.response(ttfa_speech_end_s=ttfa_speech, ttfa_commit_s=ttfa_commit, ttft_s=ttft, rtf=rtf,
                    underruns=r.playout.underruns, gap_s=r.playout.gap_s)
         m.audio_out(r.audio_seconds)
+        self._count_audio_in()
         if r.status == "cancelled" and r.reason == "turn_detected":
             m.interruption()
         log.info(json.dumps({"event": "turn", "session": self.adapter.session_id, "response": r.id,
@@ -102,9 +104,16 @@ class Connection:
         self.state.sessions.discard(self)
         duration = time.monotonic() - self.opened
         self.state.metrics.session_ended(self.transport, duration)
-        self.state.metrics.audio_in(self.session.input_audio_s)
+        self._count_audio_in()
         log.info(json.dumps({"event": "session_end", "session": self.adapter.session_id, "transport":
                              self.transport, "duration_s": round(duration, 3), "turns": self.turns, **extra}))
+
+    def _count_audio_in(self) -> None:
+        """Input audio counted as turns go by (not only at the end: a long session's rate shows as it runs)."""
+        seconds = self.session.input_audio_s - self._audio_in_counted
+        if seconds > 0:
+            self.state.metrics.audio_in(seconds)
+            self._audio_in_counted += seconds
 
     async def close(self, reason: str) -> None:
         """Server-side close (shutdown)."""
