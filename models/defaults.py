@@ -30,7 +30,9 @@ __all__ = [
     "MODES",
     "OUTPUT_RATE",
     "PREFILL_BUDGET",
+    "REALTIME_VOICE",
     "RESPONSE_TOKENS",
+    "SEMANTIC_VAD_SILENCE_MS",
     "TEXT_SAMPLING",
     "TRANSCRIPTION_TOKENS",
     "TTS_AUDIO_SAMPLING",
@@ -52,6 +54,10 @@ TTS_VOICES = {
 DEFAULT_VOICE = "us_female"
 MODES = ("chat", "asr", "tts")  # interleaved chat, sequential transcription, sequential speech
 DECODERS = ("auto", "mimi", "lfm2.5")  # speech detokenizers; auto: LFM2.5's when the checkpoint has it
+REALTIME_VOICE = "alloy"  # the Realtime session's `voice` until a client names one (chat speaks in one voice)
+# semantic_vad's eagerness mapped onto server VAD's silence_duration_ms, until an end-of-turn model exists:
+# "low" lets the user pause longer, "high" answers sooner; "auto" is "medium", as OpenAI documents.
+SEMANTIC_VAD_SILENCE_MS = {"low": 1000, "medium": 500, "auto": 500, "high": 250}
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -101,10 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     host = "[" + settings.host + "]" if ":" in settings.host else settings.host
-    print(f"lfm-audio: loading, then serving the voice demo at http://{host}:{settings.port}/ "
-          f"and the Realtime API at ws://{host}:{settings.port}/v1/realtime", file=sys.stderr, flush=True)
+    tls = "s" if settings.ssl_certfile else ""
+    print(f"lfm-audio: loading, then serving the voice demo at http{tls}://{host}:{settings.port}/ "
+          f"and the Realtime API at ws{tls}://{host}:{settings.port}/v1/realtime", file=sys.stderr, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                ws_max_size=2 * settings.max_event_bytes, timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+                ws_max_size=2 * settings.max_event_bytes, timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+                ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     return 0
 
 

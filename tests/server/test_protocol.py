@@ -103,7 +103,7 @@ async def test_bad_input_gets_an_error_each_and_the_session_goes_on(server):
         ({"type": "response.cancel", "event_id": "e7"}, "e7"),
         ({"type": "conversation.item.delete", "item_id": "nope", "event_id": "e8"}, "e8"),
         ({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
-            "turn_detection": {"type": "semantic_vad"}}}}, "event_id": "e9"}, "e9"),
+            "turn_detection": {"type": "magic_vad"}}}}, "event_id": "e9"}, "e9"),
     ]
     for event, event_id in bad:
         await client.send(event)
