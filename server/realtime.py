@@ -105,21 +105,30 @@ class RealtimeAdapter:
         model = _CLIENT_EVENTS.get(data["type"])
         if model is None:
             return self.error("invalid_event_type", f"unknown event type {data['type']!r}", "type", client_id)
-        try:
-            model.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            # pydantic names the union branch it tried (a class name) in the location: not a field
-            param = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-            return self.error("invalid_value", f"{param}: {err['msg']}", param, client_id)
         self._handling = data["type"]
         try:
-            getattr(self, "_on_" + data["type"].replace(".", "_"))(data, client_id)
+            if self._validate(model, data, client_id):
+                getattr(self, "_on_" + data["type"].replace(".", "_"))(data, client_id)
         except ProtocolError as e:
             self.error(e.code, e.message, e.param, client_id)
         finally:
             self._handling = None
         return None
+
+    def _validate(self, model: type[BaseModel], data: dict, client_id: str | None) -> bool:
+        """The event against the SDK's type. A session.update loses only its invalid fields (each gets an
+        error, as OpenAI does); any other invalid event is refused whole."""
+        for _ in range(MAX_INVALID_FIELDS):
+            try:
+                model.model_validate(data)
+                return True
+            except ValidationError as e:
+                err = e.errors()[0]
+                param = ".".join(str(p) for p in err["loc"] if not _branch(p))
+                self.error("invalid_value", f"{param}: {err['msg']}", param, client_id)
+                if data["type"] != "session.update" or not _drop(data, err["loc"]):
+                    return False
+        return False
 
     def handle_binary(self, data: bytes) -> None:
         """Extension: a binary WebSocket frame is raw input audio in the session's input format."""
@@ -309,6 +318,28 @@ class RealtimeAdapter:
         self.emit("response.done", response=response_json(r, self.conversation_id))
         if self.on_response is not None:
             self.on_response(r)
+
+
+MAX_INVALID_FIELDS = 16  # a session.update with more invalid fields than this is refused whole
+
+
+def _branch(part: object) -> bool:
+    """pydantic names the union branch it tried (a class name, or a tag) in an error's location: not a field."""
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "tagged-union")))
+
+
+def _drop(data: dict, loc: tuple) -> bool:
+    """Remove the field an error's location names (the deepest one present); False if none is."""
+    parent, key, node = None, None, data
+    for part in loc:
+        present = part in node if isinstance(node, dict) else (
+            isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if present:
+            parent, key, node = node, part, node[part]
+    if parent is None or parent is data:
+        return False
+    del parent[key]
+    return True
 
 
 def response_params(params: dict) -> dict:
