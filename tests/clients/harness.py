@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -61,6 +62,7 @@ class TlsServer(ServerProcess):
     def __init__(self, model: Path, tmp: Path, cert: Path, key: Path, args: list[str] = ()) -> None:
         super().__init__(model, tmp, args=[*args, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
         self.cert = cert
+        self.trust = ssl.create_default_context(cafile=str(cert))  # what a client given the certificate checks
         self.base = f"https://127.0.0.1:{self.port}"
         self.ws = f"wss://127.0.0.1:{self.port}/v1"
 
@@ -70,9 +72,10 @@ class TlsServer(ServerProcess):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.__exit__()
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(self.base + "/readyz", timeout=1, verify=str(self.cert)).status_code == 200:
+                if httpx.get(self.base + "/readyz", timeout=1, verify=self.trust).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -81,7 +84,7 @@ class TlsServer(ServerProcess):
         raise RuntimeError("server did not become ready:\n" + self.log()[-3000:])
 
     def metrics(self) -> str:
-        return httpx.get(self.base + "/metrics", timeout=5, verify=str(self.cert)).text
+        return httpx.get(self.base + "/metrics", timeout=5, verify=self.trust).text
 
 
 def run_client(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 240) -> dict:
