@@ -46,6 +46,7 @@ class Item:
     segments: list[Segment] = field(default_factory=list)
     closed: bool = True  # an assistant item is open while it is being generated
     view: object = field(default=None, compare=False, repr=False)  # the serving layer's own data; never read here
+    hidden: bool = False  # not laid out: a view of content another item holds (a call inside an assistant turn)
 
     def append_generated(self, kind: Modality, value: int | tuple[int, ...]) -> None:
         """One generated item (a text token or an 8-code frame), merged into the last segment."""
@@ -157,6 +158,8 @@ class Conversation:
     def _layout(self, items: list[Item]) -> list[Segment]:
         out = [Segment(Modality.TEXT, self._wrap("start"))]
         for it in items:
+            if it.hidden:
+                continue
             out.append(Segment(Modality.TEXT, self._wrap(it.role)))
             out.extend(it.segments)
             if not it.closed:

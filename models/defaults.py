@@ -30,6 +30,7 @@ __all__ = [
     "MODES",
     "OUTPUT_RATE",
     "PREFILL_BUDGET",
+    "REALTIME_VOICE",
     "RESPONSE_TOKENS",
     "TEXT_SAMPLING",
     "TRANSCRIPTION_TOKENS",
@@ -55,6 +56,7 @@ MODES = ("chat", "asr", "tts")  # interleaved chat, sequential transcription, se
 DECODERS = ("auto", "mimi", "lfm2.5")  # speech detokenizers; auto: LFM2.5's when the checkpoint has it
 WEIGHTS = ("dense", "int8", "int4")  # decode-path linear weights (models/quant.py); dense: the model dtype
 
+REALTIME_VOICE = "alloy"  # the Realtime session's `voice` until a client names one (chat speaks in one voice)
 
 @dataclass(frozen=True)
 class SamplingParams:

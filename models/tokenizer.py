@@ -52,6 +52,9 @@ class TextTokenizer:
         if self.special != expected:
             raise ValueError(f"special token ids {self.special} differ from LFM2-Audio's {expected}")
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # Function calls are written between these (LFM2's chat template); None if the vocabulary lacks them.
+        start, end = tokenizer.token_to_id("<|tool_call_start|>"), tokenizer.token_to_id("<|tool_call_end|>")
+        self.tool_call: tuple[int, int] | None = (start, end) if start is not None and end is not None else None
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> TextTokenizer:

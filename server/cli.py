@@ -108,13 +108,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     host = "[" + settings.host + "]" if ":" in settings.host else settings.host
-    print(f"lfm-audio: loading, then serving the voice demo at http://{host}:{settings.port}/ "
-          f"and the Realtime API at ws://{host}:{settings.port}/v1/realtime", file=sys.stderr, flush=True)
+    tls = "s" if settings.ssl_certfile else ""
+    print(f"lfm-audio: loading, then serving the voice demo at http{tls}://{host}:{settings.port}/ "
+          f"and the Realtime API at ws{tls}://{host}:{settings.port}/v1/realtime", file=sys.stderr, flush=True)
     # uvicorn.run, but with a server that drains on SIGTERM/SIGINT before uvicorn closes the WebSockets. The
     # graceful timeout is then for REST requests still running after the drain.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             ws_max_size=2 * settings.max_event_bytes,
-                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+                            ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     server = DrainingServer(config, app.state.lfm)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
         server.run()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from server.audio_out import AudioOutFactory
 from server.deps import authenticate
 from server.errors import CLOSE_POLICY, CLOSE_TRY_LATER, Refused
-from server.realtime import ProtocolError, RealtimeAdapter, apply_session_update
+from server.realtime import ErrorSent, ProtocolError, RealtimeAdapter, apply_session_update
 from streaming.audio import AudioFormat
 from streaming.messages import EngineFull
 from streaming.session import Response, Session, SessionConfig
@@ -32,7 +32,8 @@ class Connection:
         self.state, self.transport = state, transport
         self.media_input = media_input
         self.adapter = RealtimeAdapter(send, audio_out, model=state.model_name,
-                                       max_event_bytes=state.settings.max_event_bytes, on_response=self.observe)
+                                       max_event_bytes=state.settings.max_event_bytes, on_response=self.observe,
+                                       on_error=self.error_sent)
         self.session: Session | None = None
         self.opened = time.monotonic()
         self.turns = 0
@@ -95,6 +96,13 @@ class Connection:
                              "underruns": r.playout.underruns, "gap_s": round(r.playout.gap_s, 3),
                              "cached_positions": r.usage.cached_positions,
                              "input_positions": r.usage.input_positions}))
+
+    def error_sent(self, e: ErrorSent) -> None:
+        """One log line and a count per error event sent: what a client was refused shows on the server."""
+        self.state.metrics.error_event(e.code)
+        log.info(json.dumps({"event": "error_sent", "session": self.adapter.session_id, "code": e.code,
+                             "param": e.param, "client_event_type": e.client_event_type,
+                             "client_event_id": e.client_event_id, "message": e.message}))
 
     def finish(self, **extra: object) -> None:
         """The transport is gone: free the slot, count, log."""

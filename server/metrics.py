@@ -17,6 +17,11 @@ TRANSPORTS = ("websocket", "webrtc", "http")
 REJECT_REASONS = ("auth", "full", "not_ready")  # what the routes pass to rejected()
 ERROR_KINDS = ("session",)  # what the routes pass to error()
 BUILD_LABELS = ("version", "model", "decoder", "device")
+# The codes of the error events the server sends (server/realtime.py, streaming/session.py): series from the start
+ERROR_CODES = ("invalid_json", "invalid_event", "invalid_event_type", "invalid_value", "event_too_large",
+               "input_audio_buffer_overflow", "input_audio_buffer_commit_empty",
+               "conversation_already_has_active_response", "response_cancel_not_active", "item_exists",
+               "item_not_found", "invalid_request", "server_error")
 
 # Buckets fit to each range. A model frame is 80 ms: a decode step must stay well under it.
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -77,6 +82,8 @@ class Metrics:
         self.input_audio = Counter(p + "input_audio_seconds_total", "Audio received from clients", registry=r)
         self.output_audio = Counter(p + "output_audio_seconds_total", "Audio sent to clients", registry=r)
         self.errors = Counter(p + "errors_total", "Errors by type", ["type"], registry=r)
+        self.error_events = Counter(p + "error_events_total", "Error events sent to clients, by code (the "
+                                    "server's own fixed set)", ["code"], registry=r)
         self.refusals = Counter(p + "rejected_sessions_total", "Sessions refused, by reason", ["reason"], registry=r)
         self.slots_used = Gauge(p + "engine_slots_used", "Engine batch slots in use", registry=r)
         self.slots = Gauge(p + "engine_slots_capacity", "Engine batch slots (max sessions)", registry=r)
@@ -100,6 +107,8 @@ class Metrics:
             self.refusals.labels(reason)
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
+        for code in ERROR_CODES:
+            self.error_events.labels(code)
         # Engine counters are cumulative: remember the last value and add only the increase.
         self._cumulative = {"steps": self.steps, "prefill_positions": self.prefill_positions,
                             "skipped_rows": self.skipped, "sessions_failed": self.failed}
@@ -118,6 +127,9 @@ class Metrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
+
+    def error_event(self, code: str) -> None:
+        self.error_events.labels(code).inc()
 
     def interruption(self) -> None:
         self.interruptions.inc()

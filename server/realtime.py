@@ -15,7 +15,6 @@ import logging
 import secrets
 import typing
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
@@ -23,11 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from server.audio_out import AudioOutFactory
 from server.errors import error_body
+from server.realtime_json import item_json, part_json, response_json
+from server.session_config import ProtocolError, apply_session_update, max_tokens, session_object, session_update
 from streaming import session as s
-from streaming.audio import AudioFormat, InputDecoder, UnsupportedFormat
-from streaming.vad import VadConfig
+from streaming.audio import AudioFormat, InputDecoder
+from streaming.tools import ToolError, parse_tools
 
-__all__ = ["CLOSE", "ProtocolError", "RealtimeAdapter", "apply_session_update", "session_object"]
+__all__ = ["CLOSE", "ErrorSent", "ProtocolError", "RealtimeAdapter", "apply_session_update", "session_object"]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,14 @@ _CLIENT_EVENTS: dict[str, type[BaseModel]] = {
 }
 
 
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+class ErrorSent(typing.NamedTuple):
+    """An error event that went to the client, for the log and the metrics."""
+
+    code: str
+    param: str | None
+    message: str
+    client_event_type: str | None  # the event it answers, when it answers one
+    client_event_id: str | None
 
 
 CLOSE = {"type": "_close"}  # not sent: tells the transport to close after what is queued before it
@@ -50,114 +55,18 @@ def event_id() -> str:
     return f"event_{secrets.token_hex(10)}"
 
 
-# ---- session configuration
-def apply_session_update(config: s.SessionConfig, update: dict) -> s.SessionConfig:
-    """A GA `session` object applied to the current config. Unknown fields are ignored; values this server
-    cannot honour raise ProtocolError naming the param."""
-    changes: dict = {}
-    kind = update.get("type", config.kind)
-    if kind not in ("realtime", "transcription"):
-        raise ProtocolError("invalid_value", f"session.type must be realtime or transcription, got {kind!r}",
-                            "session.type")
-    changes["kind"] = kind
-    if update.get("instructions") is not None:
-        changes["instructions"] = str(update["instructions"])
-    audio = update.get("audio") or {}
-    inp, out = audio.get("input") or {}, audio.get("output") or {}
-    for key, part, param in (("input_format", inp, "session.audio.input.format"),
-                             ("output_format", out, "session.audio.output.format")):
-        if part.get("format") is not None:
-            try:
-                changes[key] = AudioFormat.parse(part["format"])
-            except UnsupportedFormat as e:
-                raise ProtocolError("invalid_value", str(e), param) from None
-    if "turn_detection" in inp:
-        changes["turn_detection"] = _turn_detection(inp["turn_detection"], config.turn_detection)
-    if "transcription" in inp:
-        changes["transcribe_input"] = inp["transcription"] is not None
-    if update.get("output_modalities") is not None:
-        modalities = list(update["output_modalities"])
-        if modalities not in (["audio"], ["text"], ["audio", "text"], ["text", "audio"]):
-            raise ProtocolError("invalid_value", "output_modalities must be [\"audio\"] or [\"text\"]",
-                                "session.output_modalities")
-        changes["output_audio"] = "audio" in modalities
-    if update.get("max_output_tokens") is not None:
-        changes["max_output_tokens"] = _max_tokens(update["max_output_tokens"], "session.max_output_tokens")
-    ext = update.get("lfm_audio") or {}  # our sampling extensions
-    for key, cast, lo, hi in (("audio_temperature", float, 0.0, 5.0), ("audio_top_k", int, 0, 2049),
-                              ("text_temperature", float, 0.0, 5.0)):
-        if ext.get(key) is not None:
-            value = cast(ext[key])
-            if not lo <= value <= hi:
-                raise ProtocolError("invalid_value", f"{key} must be in [{lo}, {hi}]", f"session.lfm_audio.{key}")
-            changes[key] = value
-    if "seed" in ext:
-        changes["seed"] = None if ext["seed"] is None else int(ext["seed"])
-    return replace(config, **changes)
-
-
-def _turn_detection(td: dict | None, current: s.TurnDetection | None) -> s.TurnDetection | None:
-    if td is None:
-        return None
-    if td.get("type", "server_vad") != "server_vad":
-        raise ProtocolError("invalid_value", f"turn_detection.type {td.get('type')!r} is not supported; use "
-                            "server_vad or null", "session.audio.input.turn_detection.type")
-    base = current or s.TurnDetection()
-    vad = base.vad
-    try:
-        vad = VadConfig(
-            threshold=float(td.get("threshold", vad.threshold)),
-            prefix_padding_ms=int(td.get("prefix_padding_ms", vad.prefix_padding_ms)),
-            silence_duration_ms=int(td.get("silence_duration_ms", vad.silence_duration_ms)),
-        )
-    except (TypeError, ValueError) as e:
-        raise ProtocolError("invalid_value", str(e), "session.audio.input.turn_detection") from None
-    if not 0 <= vad.threshold <= 1:
-        raise ProtocolError("invalid_value", "threshold must be in [0, 1]",
-                            "session.audio.input.turn_detection.threshold")
-    return s.TurnDetection(vad, bool(td.get("create_response", base.create_response)),
-                           bool(td.get("interrupt_response", base.interrupt_response)))
-
-
-def _max_tokens(value: object, param: str) -> int:
-    if value == "inf":
-        return 1 << 30
-    if isinstance(value, bool) or not isinstance(value, int) or not value >= 1:
-        raise ProtocolError("invalid_value", "max_output_tokens must be a positive integer or \"inf\"", param)
-    return value
-
-
-def session_object(config: s.SessionConfig, session_id: str, model: str) -> dict:
-    td = config.turn_detection
-    turn = None if td is None else {
-        "type": "server_vad", "threshold": td.vad.threshold, "prefix_padding_ms": td.vad.prefix_padding_ms,
-        "silence_duration_ms": td.vad.silence_duration_ms, "create_response": td.create_response,
-        "interrupt_response": td.interrupt_response,
-    }
-    transcription = {"model": model} if config.transcribe_input or config.kind == "transcription" else None
-    audio_in = {"format": config.input_format.to_openai(), "turn_detection": turn, "transcription": transcription}
-    if config.kind == "transcription":
-        return {"type": "transcription", "id": session_id, "object": "realtime.transcription_session",
-                "audio": {"input": audio_in}}
-    return {
-        "type": "realtime", "id": session_id, "object": "realtime.session", "model": model,
-        "instructions": config.instructions, "output_modalities": ["audio"] if config.output_audio else ["text"],
-        "max_output_tokens": config.max_output_tokens,
-        "audio": {"input": audio_in, "output": {"format": config.output_format.to_openai(), "voice": "alloy"}},
-        "lfm_audio": {"audio_temperature": config.audio_temperature, "audio_top_k": config.audio_top_k,
-                      "text_temperature": config.text_temperature, "seed": config.seed},
-    }
-
-
 # ---- the adapter
 class RealtimeAdapter:
     def __init__(self, send: Callable[[dict], None], audio_out: AudioOutFactory, *, model: str,
-                 max_event_bytes: int, on_response: Callable | None = None) -> None:
+                 max_event_bytes: int, on_response: Callable | None = None,
+                 on_error: Callable[[ErrorSent], None] | None = None) -> None:
         self.send_event = send
         self.audio_out = audio_out(self.emit)
         self.model = model
         self.max_event_bytes = max_event_bytes
         self.on_response = on_response  # metrics hook: called with each finished Response
+        self.on_error = on_error  # log and metrics hook: called with each error event sent
+        self._handling: str | None = None  # the type of the client event being handled
         self.session: s.Session | None = None
         self.session_id = f"sess_{secrets.token_hex(10)}"
 
@@ -171,9 +80,15 @@ class RealtimeAdapter:
     def emit(self, type_: str, **fields: object) -> None:
         self.send_event({"type": type_, "event_id": event_id(), **fields})
 
+    @property
+    def conversation_id(self) -> str:
+        return "conv_" + self.session_id.removeprefix("sess_")
+
     def error(self, code: str, message: str, param: str | None = None, client_event_id: str | None = None,
               type_: str = "invalid_request_error") -> None:
         self.emit("error", error=error_body(code, message, type_=type_, param=param, event_id=client_event_id))
+        if self.on_error is not None:
+            self.on_error(ErrorSent(code, param, message, self._handling, client_event_id))
 
     # ---- client -> server
     def handle_text(self, raw: str | bytes) -> None:
@@ -190,18 +105,30 @@ class RealtimeAdapter:
         model = _CLIENT_EVENTS.get(data["type"])
         if model is None:
             return self.error("invalid_event_type", f"unknown event type {data['type']!r}", "type", client_id)
+        self._handling = data["type"]
         try:
-            model.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            # pydantic names the union branch it tried (a class name) in the location: not a field
-            param = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-            return self.error("invalid_value", f"{param}: {err['msg']}", param, client_id)
-        try:
-            getattr(self, "_on_" + data["type"].replace(".", "_"))(data, client_id)
+            if self._validate(model, data, client_id):
+                getattr(self, "_on_" + data["type"].replace(".", "_"))(data, client_id)
         except ProtocolError as e:
             self.error(e.code, e.message, e.param, client_id)
+        finally:
+            self._handling = None
         return None
+
+    def _validate(self, model: type[BaseModel], data: dict, client_id: str | None) -> bool:
+        """The event against the SDK's type. A session.update loses only its invalid fields (each gets an
+        error, as OpenAI does); any other invalid event is refused whole."""
+        for _ in range(MAX_INVALID_FIELDS):
+            try:
+                model.model_validate(data)
+                return True
+            except ValidationError as e:
+                err = e.errors()[0]
+                param = ".".join(str(p) for p in err["loc"] if not _branch(p))
+                self.error("invalid_value", f"{param}: {err['msg']}", param, client_id)
+                if data["type"] != "session.update" or not _drop(data, err["loc"]):
+                    return False
+        return False
 
     def handle_binary(self, data: bytes) -> None:
         """Extension: a binary WebSocket frame is raw input audio in the session's input format."""
@@ -209,9 +136,11 @@ class RealtimeAdapter:
 
     def _on_session_update(self, data: dict, cid: str | None) -> None:
         sess = self.session
-        new = apply_session_update(sess.config, data.get("session") or {})
+        new, errors = session_update(sess.config, data.get("session") or {})
         if new.kind != sess.config.kind:
             raise ProtocolError("invalid_value", "session.type cannot change during a session", "session.type")
+        for e in errors:  # each field that cannot be honoured; the rest applies, as OpenAI does
+            self.error(e.code, e.message, e.param, cid)
         sess.update(new)
         self.emit("session.updated", session=self._session())
 
@@ -230,8 +159,18 @@ class RealtimeAdapter:
 
     def _on_conversation_item_create(self, data: dict, cid: str | None) -> None:
         item = data["item"]
+        where = {"item_id": item.get("id"), "previous_item_id": data.get("previous_item_id"), "event_id": cid}
+        if item.get("type") in ("function_call", "function_call_output"):
+            if not item.get("call_id"):
+                raise ProtocolError("invalid_value", "a function item needs its call_id", "item.call_id")
+            if item["type"] == "function_call" and not item.get("name"):
+                raise ProtocolError("invalid_value", "a function_call needs its name", "item.name")
+            self.session.create_function_item(item["type"], call_id=item["call_id"], name=item.get("name"),
+                                              arguments=item.get("arguments") or "", output=item.get("output") or "",
+                                              **where)
+            return
         if item.get("type") != "message":
-            raise ProtocolError("invalid_value", "only message items are supported", "item.type")
+            raise ProtocolError("invalid_value", f"item type {item.get('type')!r} is not supported", "item.type")
         role = item.get("role")
         text, audio = [], None
         for i, part in enumerate(item.get("content") or []):
@@ -250,8 +189,7 @@ class RealtimeAdapter:
                                     f"item.content.{i}.type")
         if not text and audio is None:
             raise ProtocolError("invalid_value", "the message has no content", "item.content")
-        self.session.create_item(role, text="".join(text) if text else None, audio=audio, item_id=item.get("id"),
-                                 previous_item_id=data.get("previous_item_id"), event_id=cid)
+        self.session.create_item(role, text="".join(text) if text else None, audio=audio, **where)
 
     def _on_conversation_item_truncate(self, data: dict, cid: str | None) -> None:
         self.session.truncate(data["item_id"], data["content_index"], data["audio_end_ms"], cid)
@@ -263,12 +201,7 @@ class RealtimeAdapter:
         self.session.retrieve_item(data["item_id"], cid)
 
     def _on_response_create(self, data: dict, cid: str | None) -> None:
-        params = data.get("response") or {}
-        modalities = params.get("output_modalities")
-        audio = None if modalities is None else "audio" in modalities
-        limit = params.get("max_output_tokens")
-        limit = None if limit is None else _max_tokens(limit, "response.max_output_tokens")
-        self.session.create_response(max_output_tokens=limit, output_audio=audio, event_id=cid)
+        self.session.create_response(**response_params(data.get("response") or {}), event_id=cid)
 
     def _on_response_cancel(self, data: dict, cid: str | None) -> None:
         self.session.cancel_response("client_cancelled", cid)
@@ -303,6 +236,8 @@ class RealtimeAdapter:
             self._response_started(ev.response)
         elif isinstance(ev, s.ResponseDone):
             self._response_done(ev.response)
+        elif isinstance(ev, s.FunctionCall):
+            self._function_call(ev.response, ev.item)
         elif isinstance(ev, s.SessionError):
             self.error(ev.code, ev.message, ev.param, ev.event_id, ev.type)
             if ev.fatal:
@@ -342,14 +277,31 @@ class RealtimeAdapter:
                       usage={"type": "duration", "seconds": seconds})
 
     def _response_started(self, r: s.Response) -> None:
-        self.emit("response.created", response=response_json(r, self.session))
+        self.emit("response.created", response=response_json(r, self.conversation_id))
         item = item_json(r.item)
         self.emit("response.output_item.added", response_id=r.id, output_index=0, item={**item, "content": []})
-        previous = self.session.previous_item_id(r.item.id)
-        self.emit("conversation.item.added", item={**item, "content": []}, previous_item_id=previous)
-        self.emit("response.content_part.added", **self._where(r), part=_part_json(r, empty=True))
+        if r.in_conversation:
+            previous = self.session.previous_item_id(r.item.id)
+            self.emit("conversation.item.added", item={**item, "content": []}, previous_item_id=previous)
+        self.emit("response.content_part.added", **self._where(r), part=part_json(r, empty=True))
         if r.audio:
             self.audio_out.start(r.id, r.item.id, self.session.config.output_format)
+
+    def _function_call(self, r: s.Response, item: s.ConvItem) -> None:
+        """A call the model made, whole: its output item, its arguments (one delta), done."""
+        index = r.calls.index(item) + 1
+        where = {"response_id": r.id, "item_id": item.id, "output_index": index}
+        self.emit("response.output_item.added", response_id=r.id, output_index=index,
+                  item={**item_json(item), "arguments": "", "status": "in_progress"})
+        if r.in_conversation:
+            self.emit("conversation.item.added", item={**item_json(item), "arguments": "", "status": "in_progress"},
+                      previous_item_id=self.session.previous_item_id(item.id))
+        self.emit("response.function_call_arguments.delta", **where, call_id=item.call_id, delta=item.arguments)
+        self.emit("response.function_call_arguments.done", **where, call_id=item.call_id, name=item.name,
+                  arguments=item.arguments)
+        self.emit("response.output_item.done", response_id=r.id, output_index=index, item=item_json(item))
+        if r.in_conversation:
+            self.emit("conversation.item.done", item=item_json(item))
 
     def _response_done(self, r: s.Response) -> None:
         where = self._where(r)
@@ -359,55 +311,78 @@ class RealtimeAdapter:
             self.emit("response.output_audio_transcript.done", **where, transcript=r.item.content[0].transcript or "")
         else:
             self.emit("response.output_text.done", **where, text=r.item.content[0].text or "")
-        self.emit("response.content_part.done", **where, part=_part_json(r))
+        self.emit("response.content_part.done", **where, part=part_json(r))
         self.emit("response.output_item.done", response_id=r.id, output_index=0, item=item_json(r.item))
-        self.emit("conversation.item.done", item=item_json(r.item))
-        self.emit("response.done", response=response_json(r, self.session))
+        if r.in_conversation:
+            self.emit("conversation.item.done", item=item_json(r.item))
+        self.emit("response.done", response=response_json(r, self.conversation_id))
         if self.on_response is not None:
             self.on_response(r)
 
 
+MAX_INVALID_FIELDS = 16  # a session.update with more invalid fields than this is refused whole
+
+
+def _branch(part: object) -> bool:
+    """pydantic names the union branch it tried (a class name, or a tag) in an error's location: not a field."""
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("function-", "tagged-union")))
+
+
+def _drop(data: dict, loc: tuple) -> bool:
+    """Remove the field an error's location names (the deepest one present); False if none is. A wrong `type`
+    takes its whole object with it (an object without its type means nothing, and would only fail again)."""
+    path: list[tuple[object, object]] = []  # (container, key) down to the deepest field present
+    node = data
+    for part in loc:
+        present = part in node if isinstance(node, dict) else (
+            isinstance(node, list) and isinstance(part, int) and part < len(node))
+        if present:
+            path.append((node, part))
+            node = node[part]
+    if path and path[-1][1] == "type" and len(path) > 1:
+        path.pop()
+    if not path or path[-1][0] is data:
+        return False
+    container, key = path[-1]
+    del container[key]
+    return True
+
+
+def response_params(params: dict) -> dict:
+    """response.create's `response` object -> Session.create_response's arguments. ProtocolError names a field
+    that cannot be honoured (then no response is created)."""
+    out: dict = {}
+    if params.get("output_modalities") is not None:
+        modalities = params["output_modalities"]
+        if not modalities or any(m not in ("audio", "text") for m in modalities):
+            raise ProtocolError("invalid_value", "output_modalities must be [\"audio\"] or [\"text\"]",
+                                "response.output_modalities")
+        out["output_audio"] = "audio" in modalities
+    if params.get("max_output_tokens") is not None:
+        out["max_output_tokens"] = max_tokens(params["max_output_tokens"], "response.max_output_tokens")
+    if params.get("instructions") is not None:
+        out["instructions"] = str(params["instructions"])
+    metadata = params.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict) or len(metadata) > 16 or not all(
+                isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+                for k, v in metadata.items()):
+            raise ProtocolError("invalid_value", "metadata is at most 16 string pairs (keys up to 64 characters, "
+                                "values up to 512)", "response.metadata")
+        out["metadata"] = dict(metadata)
+    conversation = params.get("conversation", "auto")
+    if conversation not in ("auto", "none"):
+        raise ProtocolError("invalid_value", "conversation must be auto or none", "response.conversation")
+    out["in_conversation"] = conversation == "auto"
+    if params.get("input") is not None:
+        out["context"] = params["input"]
+    if params.get("tools") is not None:
+        try:
+            out["tools"] = parse_tools(params["tools"])
+        except ToolError as e:
+            raise ProtocolError("invalid_value", str(e), "response.tools" + e.where) from None
+    return out
+
+
 def _decode_clip(raw: bytes, fmt: AudioFormat) -> np.ndarray:
     return InputDecoder(fmt).decode(raw)
-
-
-def _part_json(r: s.Response, empty: bool = False) -> dict:
-    p = r.item.content[0]
-    if r.audio:
-        return {"type": "audio", "transcript": "" if empty else (p.transcript or "")}
-    return {"type": "text", "text": "" if empty else (p.text or "")}
-
-
-def item_json(item: s.ConvItem) -> dict:
-    content = []
-    for p in item.content:
-        part: dict = {"type": p.type}
-        if p.type in ("input_text", "output_text"):
-            part["text"] = p.text or ""
-        else:
-            part["transcript"] = p.transcript
-        content.append(part)
-    return {"id": item.id, "object": "realtime.item", "type": "message", "role": item.role, "status": item.status,
-            "content": content}
-
-
-def response_json(r: s.Response, session: s.Session) -> dict:
-    out: dict = {"id": r.id, "object": "realtime.response", "status": r.status,
-                 "output_modalities": ["audio"] if r.audio else ["text"],
-                 "output": [item_json(r.item)] if r.status != "in_progress" else []}
-    if r.status == "cancelled":
-        out["status_details"] = {"type": "cancelled", "reason": r.reason if r.reason in (
-            "turn_detected", "client_cancelled") else "client_cancelled"}
-    elif r.status == "incomplete":
-        out["status_details"] = {"type": "incomplete", "reason": "max_output_tokens"}
-    elif r.status == "failed":
-        out["status_details"] = {"type": "failed", "error": {"type": "server_error", "code": r.reason or "failed"}}
-    u = r.usage
-    if r.status != "in_progress":
-        inp = u.input_positions + u.cached_positions
-        out_tokens = u.output_text_tokens + u.output_audio_frames
-        out["usage"] = {"total_tokens": inp + out_tokens, "input_tokens": inp, "output_tokens": out_tokens,
-                        "input_token_details": {"cached_tokens": u.cached_positions},
-                        "output_token_details": {"text_tokens": u.output_text_tokens,
-                                                 "audio_tokens": u.output_audio_frames}}
-    return out

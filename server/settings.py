@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.defaults import (
@@ -88,9 +89,21 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(1_000_000, ge=1, description="largest client event accepted, bytes")
     max_response_tokens: int = Field(MAX_RESPONSE_TOKENS, ge=1,
                                      description="cap on a response's text tokens and audio frames")
+    ssl_certfile: str | None = Field(None, description="TLS certificate chain (PEM): serve https:// and wss:// "
+                                               "(with --ssl-keyfile); a TLS proxy in front is the other way")
+    ssl_keyfile: str | None = Field(None, repr=False, description="TLS private key (PEM) of --ssl-certfile")
     shutdown_grace_s: float = Field(5.0, ge=0, description="on shutdown, seconds sessions get to finish")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info",
                                                                                          description="log level")
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS file {path!r} does not exist")
+        return self
 
     @field_validator("api_keys", "cors_origins", "webrtc_host_addresses", mode="before")
     @classmethod

@@ -38,11 +38,11 @@ class EngineSession:
 
     # ---- edits (applied now)
     def add_item(self, item_id: str, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
-                 after: str | None = None, first: bool = False, view: object = None) -> None:
+                 after: str | None = None, first: bool = False, view: object = None, hidden: bool = False) -> None:
         """A system, user or assistant item: text, and/or a user clip (16 kHz float32, encoded by the engine
-        in turn); appended, or placed after the item `after`, or first. ValueError: the id exists;
-        KeyError: no item `after`."""
-        item = Item(item_id, role, view=view)
+        in turn); appended, or placed after the item `after`, or first; `hidden`: a view only, not laid out.
+        ValueError: the id exists; KeyError: no item `after`."""
+        item = Item(item_id, role, view=view, hidden=hidden)
         if text is not None:
             item.segments.append(Segment(Modality.TEXT, self._engine.tokenizer.encode(text)))
         with self.lock:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AudioDelta", "Cancel", "Close", "Command", "EngineFull", "EngineStats", "Event", "ItemAdded", "ItemCreated",
     "Mode", "Open", "Respond", "ResponseDone", "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings",
-    "Transcribe", "Usage",
+    "ToolCalls", "Transcribe", "Usage",
 ]
 
 
@@ -158,11 +158,17 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class ToolCalls:
+    response_id: str
+    text: str  # what the model wrote between <|tool_call_start|> and <|tool_call_end|>
+
+
+@dataclass(frozen=True)
 class SessionFailed:
     message: str
 
 
-Event = ItemAdded | TextDelta | AudioDelta | ResponseDone | SessionFailed
+Event = ItemAdded | TextDelta | AudioDelta | ResponseDone | ToolCalls | SessionFailed
 
 
 @dataclass

@@ -16,7 +16,17 @@ from models.generation import Finish, Generation, Modality
 from models.sampling import SamplingParams
 from models.speech import is_speech
 from models.tokenizer import TextStream, TextTokenizer
-from streaming.messages import AudioDelta, Event, ResponseDone, ResponseRequest, Status, TextDelta, Timings, Usage
+from streaming.messages import (
+    AudioDelta,
+    Event,
+    ResponseDone,
+    ResponseRequest,
+    Status,
+    TextDelta,
+    Timings,
+    ToolCalls,
+    Usage,
+)
 from streaming.runner import Decode, Start, Value
 
 __all__ = ["Response"]
@@ -31,6 +41,8 @@ class Response:
                     if request.mode.interleaved else Generation.sequential_turn(request.max_tokens))
         self.text = TextStream(tokenizer)
         self.im_end = tokenizer.special.im_end
+        self.tokenizer = tokenizer
+        self.call_ids: list[int] | None = None  # inside <|tool_call_start|> ... <|tool_call_end|>: its ids
         self.usage = Usage()
         self.timings = Timings(requested=now)
         self.feed: tuple[Modality, Value] | None = None  # the item to feed at the next step
@@ -81,10 +93,7 @@ class Response:
             if step.emit and value != self.im_end:
                 self.usage.output_text_tokens += 1
                 self.timings.first_text = self.timings.first_text or now
-                delta = self.text.push(value)
-                if delta:
-                    self.transcript.append(delta)
-                    events.append(TextDelta(self.request.response_id, delta))
+                events.extend(self._text(value))
         elif is_speech(value):
             self.frames += 1
             if not self.request.audio:  # no speech to decode: its first frame is the first audio there is
@@ -92,6 +101,24 @@ class Response:
         if context_full and not self.gen.done:
             self.gen.finish, self.length_reason = Finish.LENGTH, "max_context"
         return events
+
+    def _text(self, token: int) -> list[Event]:
+        """A text token: a delta of what the model says, or part of a function call (not said)."""
+        calls = self.tokenizer.tool_call
+        if calls is not None and token == calls[0]:
+            self.call_ids = []
+            return []
+        if self.call_ids is not None:
+            if token != calls[1]:
+                self.call_ids.append(token)
+                return []
+            text, self.call_ids = self.tokenizer.decode(self.call_ids), None
+            return [ToolCalls(self.request.response_id, text)]
+        delta = self.text.push(token)
+        if not delta:
+            return []
+        self.transcript.append(delta)
+        return [TextDelta(self.request.response_id, delta)]
 
     def audio(self, pcm: np.ndarray, now: float) -> AudioDelta:
         """The speech of the frame accepted last."""

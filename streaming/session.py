@@ -10,6 +10,7 @@ States: idle -> user speaking -> committed -> responding -> idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -26,6 +27,7 @@ from models.defaults import (
     MAX_INPUT_BUFFER_S,
     MAX_RESPONSE_TOKENS,
     OUTPUT_RATE,
+    REALTIME_VOICE,
     RESPONSE_TOKENS,
     TEXT_SAMPLING,
 )
@@ -34,14 +36,17 @@ from streaming.audio import AudioFormat, InputDecoder, SampleBuffer
 from streaming.endpoint import EAGERNESS, SemanticTurnDetector
 from streaming.engine import Engine, EngineSession
 from streaming.playout import Playout
+from streaming.tools import Tool, ToolError, call_text, output_text, parse_calls, system_prompt
 from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector, VadConfig
 
 __all__ = [
-    "AudioCommitted", "ConvItem", "Part", "Response", "ResponseAudio", "ResponseDone", "ResponseStarted",
-    "ResponseText", "Session", "SessionConfig", "SessionError", "SpeechEvent", "Transcription", "TurnDetection",
+    "AudioCommitted", "ConvItem", "FunctionCall", "Part", "Response", "ResponseAudio", "ResponseDone",
+    "ResponseStarted", "ResponseText", "Session", "SessionConfig", "SessionError", "SpeechEvent", "Transcription",
+    "TurnDetection",
 ]
 
 log = logging.getLogger(__name__)
+INF_TOKENS = 1 << 30  # max_output_tokens "inf": no limit but the server's cap
 MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
 IDLE_KEEP_MS = 1000  # server VAD between turns: kept beyond prefix_padding_ms (covers the detector's delay)
 
@@ -77,7 +82,10 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     transcribe_input: bool = False  # audio.input.transcription set
     output_audio: bool = True  # output_modalities ["audio"] (False: ["text"])
-    max_output_tokens: int = RESPONSE_TOKENS
+    max_output_tokens: int = RESPONSE_TOKENS  # INF_TOKENS: "inf" (the server's cap)
+    voice: str = REALTIME_VOICE  # reported back; chat speaks in the model's one voice
+    tools: tuple[Tool, ...] = ()  # function tools, listed in the system turn (streaming/tools.py)
+    tool_choice: str | dict = "auto"  # "none" leaves them out; others are not enforced
     audio_temperature: float = CHAT_AUDIO_SAMPLING.temperature
     audio_top_k: int = CHAT_AUDIO_SAMPLING.top_k
     text_temperature: float = TEXT_SAMPLING.temperature
@@ -96,9 +104,14 @@ class Part:
 @dataclass
 class ConvItem:
     id: str
-    role: str
+    role: str  # message items: system | user | assistant
     content: list[Part] = field(default_factory=list)
     status: str = "completed"
+    type: str = "message"  # message | function_call | function_call_output
+    call_id: str | None = None  # function_call, function_call_output
+    name: str | None = None  # function_call
+    arguments: str = ""  # function_call: JSON
+    output: str = ""  # function_call_output
 
 
 @dataclass
@@ -117,6 +130,10 @@ class Response:
     first_text: float | None = None
     cancel_requested: bool = False
     playout: Playout = field(default_factory=Playout)  # a real-time client's playback: underruns, gaps
+    metadata: dict | None = None  # the client's, echoed back
+    in_conversation: bool = True  # False: out-of-band (conversation "none"), its items are not kept
+    own_instructions: bool = False  # response.create instructions replace the session's for this response
+    calls: list[ConvItem] = field(default_factory=list)  # function_call items it made (output 1, 2, ...)
 
 
 # ---- events for the transport adapters
@@ -172,6 +189,12 @@ class ResponseDone:
 
 
 @dataclass(frozen=True)
+class FunctionCall:
+    response: Response
+    item: ConvItem  # a function_call item, complete
+
+
+@dataclass(frozen=True)
 class SessionError:
     code: str
     message: str
@@ -182,7 +205,7 @@ class SessionError:
 
 
 Event = SpeechEvent | AudioCommitted | ItemEvent | Transcription | ResponseStarted | ResponseText | ResponseAudio | \
-    ResponseDone | SessionError
+    ResponseDone | FunctionCall | SessionError
 
 
 class Session:
@@ -234,7 +257,7 @@ class Session:
             else:
                 self._vad = self._new_detector()
                 self._speech = None
-        if config.instructions != old.instructions:
+        if (config.instructions, config.tools, config.tool_choice) != (old.instructions, old.tools, old.tool_choice):
             self._set_instructions(config.instructions)
 
     def _new_detector(self) -> TurnDetector | SemanticTurnDetector | None:
@@ -246,9 +269,11 @@ class Session:
             return SemanticTurnDetector(td.vad, td.eagerness, background=True)
         return TurnDetector(td.vad)
 
-    def _set_instructions(self, text: str) -> None:
-        if self.config.kind == "transcription":
-            text = ASR_PROMPT
+    def _set_instructions(self, text: str, tools: tuple[Tool, ...] | None = None) -> None:
+        """The system turn: instructions and the tool list (the session's, unless given)."""
+        cfg = self.config
+        text = ASR_PROMPT if cfg.kind == "transcription" else system_prompt(
+            text, cfg.tools if tools is None else tools, cfg.tool_choice)
         if self._instructions_added:
             self.handle.delete_item("instructions")
         self.handle.add_item("instructions", "system", text=text, first=True)
@@ -318,9 +343,10 @@ class Session:
         if tail.size:
             self._take(tail, event_id)
         if 1000 * len(self._buffer) / INPUT_RATE < MIN_COMMIT_MS:
-            self.emit(SessionError("input_audio_buffer_commit_empty",
-                                   f"buffer too small: expected at least {MIN_COMMIT_MS} ms of audio, have "
-                                   f"{1000 * len(self._buffer) / INPUT_RATE:.0f} ms", None, event_id))
+            self.emit(SessionError("input_audio_buffer_commit_empty",  # OpenAI's text: clients match on it
+                                   "Error committing input audio buffer: buffer too small. Expected at least "
+                                   f"{MIN_COMMIT_MS}ms of audio, but buffer only has "
+                                   f"{1000 * len(self._buffer) / INPUT_RATE:.2f}ms of audio.", None, event_id))
             return None
         item_id = self._speech[0] if self._speech else new_id("item")
         self._speech = None
@@ -363,9 +389,28 @@ class Session:
              after: str | None = None) -> None:
         self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after, view=item)
 
+    def create_function_item(self, kind: str, *, call_id: str, name: str | None = None, arguments: str = "",
+                             output: str = "", item_id: str | None = None, previous_item_id: str | None = None,
+                             event_id: str | None = None) -> ConvItem | None:
+        """A function_call (the assistant's, as LFM2 writes calls) or a function_call_output (a tool turn),
+        from the client: history replayed, or a call's result."""
+        try:
+            if kind == "function_call":
+                item = ConvItem("", "assistant", [], type=kind, call_id=call_id, name=name, arguments=arguments)
+                text = call_text(name, arguments)
+            else:
+                item = ConvItem("", "tool", [], type=kind, call_id=call_id, output=output)
+                text = output_text(output)
+        except ToolError as e:
+            self.emit(SessionError("invalid_value", str(e), "item" + e.where, event_id))
+            return None
+        return self.create_item(item.role, text=text, item_id=item_id, previous_item_id=previous_item_id,
+                                event_id=event_id, view=item)
+
     def create_item(self, role: str, *, text: str | None = None, audio: np.ndarray | None = None,
                     item_id: str | None = None, previous_item_id: str | None = None,
-                    event_id: str | None = None) -> ConvItem | None:
+                    event_id: str | None = None, view: ConvItem | None = None) -> ConvItem | None:
+        """A message item (or, with `view`, a function item whose model text is `text`)."""
         item_id = item_id or new_id("item")
         if self.item(item_id) is not None:
             self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
@@ -376,9 +421,10 @@ class Session:
         content = []
         if audio is not None:
             content.append(Part("input_audio", audio_ms=1000 * len(audio) // INPUT_RATE))
-        if text is not None:
+        if text is not None and view is None:
             content.append(Part("input_text" if role != "assistant" else "output_text", text=text))
-        item = ConvItem(item_id, role, content)
+        item = ConvItem(item_id, role, content) if view is None else view
+        item.id = item_id
         previous = previous_item_id if previous_item_id not in (None, "root") else self.previous_item_id()
         try:
             self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
@@ -426,47 +472,84 @@ class Session:
 
     # ---- responses
     def create_response(self, *, max_output_tokens: int | None = None, output_audio: bool | None = None,
-                        event_id: str | None = None, speech_end: float | None = None) -> Response | None:
+                        event_id: str | None = None, speech_end: float | None = None,
+                        instructions: str | None = None, metadata: dict | None = None,
+                        in_conversation: bool = True, tools: tuple[Tool, ...] | None = None,
+                        context: list | None = None) -> Response | None:
+        """A response to the conversation so far. `instructions` and `tools` replace the session's for this one
+        response; out of the conversation (`in_conversation` False), what it says is not kept. `context` (items
+        in place of the conversation) is not supported yet."""
         if self.config.kind == "transcription":
             self.emit(SessionError("invalid_request", "a transcription session does not create responses",
                                    None, event_id))
             return None
+        params = {"max_output_tokens": max_output_tokens, "output_audio": output_audio, "event_id": event_id,
+                  "speech_end": speech_end, "instructions": instructions, "metadata": metadata,
+                  "in_conversation": in_conversation, "tools": tools, "context": context}
+        if context is not None:
+            self.emit(SessionError("invalid_value", "response.input (a context of its own) is not supported yet; "
+                                   "omit it to answer the conversation", "response.input", event_id))
+            return None
         if self.response is not None and self.response.cancel_requested:
             # The interrupted response is still winding down in the engine: start right after it.
-            self._next_response = {"max_output_tokens": max_output_tokens, "output_audio": output_audio,
-                                   "event_id": event_id, "speech_end": speech_end}
+            self._next_response = params
             return None
         if self.response is not None:
-            self.emit(SessionError("conversation_already_has_active_response",
-                                   f"response {self.response.id} is in progress; cancel it first", None, event_id))
+            self.emit(SessionError("conversation_already_has_active_response",  # OpenAI's text: clients match on it
+                                   f"Conversation already has an active response in progress: {self.response.id}. "
+                                   "Wait until the response is finished before creating a new one.", None, event_id))
             return None
         audio = self.config.output_audio if output_audio is None else output_audio
         limit = min(max_output_tokens or self.config.max_output_tokens, self.max_output_tokens_cap)
         item = ConvItem(new_id("item"), "assistant", [Part("output_audio" if audio else "output_text",
                                                           transcript="" if audio else None,
                                                           text=None if audio else "")], status="in_progress")
-        r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter())
+        r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter(),
+                     metadata=metadata, in_conversation=in_conversation,
+                     own_instructions=instructions is not None or tools is not None)
         self.response = r
         self.responses[r.id] = r
         if len(self.responses) > 64:  # keep the recent ones (late engine events find theirs)
             self.responses.pop(next(iter(self.responses)))
+        if r.own_instructions:  # put back when it is done
+            self._set_instructions(self.config.instructions if instructions is None else instructions, tools)
         cfg = self.config
         self.handle.respond(m.ResponseRequest(
             r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
-            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed), view=item)
+            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed),
+            view=item if in_conversation else None)
         self.emit(ResponseStarted(r))
         return r
 
     def cancel_response(self, reason: str = "client_cancelled", event_id: str | None = None,
                         quiet: bool = False) -> None:
         if self.response is None or self.response.cancel_requested:
-            if not quiet:
-                self.emit(SessionError("response_cancel_not_active", "there is no response in progress to cancel",
+            if not quiet:  # OpenAI's text: clients match on it to ignore the race
+                self.emit(SessionError("response_cancel_not_active", "Cancellation failed: no active response found",
                                        None, event_id))
             return
         self.response.cancel_requested = True
         self.response.reason = reason
         self.handle.cancel(reason)
+
+    def _on_calls(self, event: m.ToolCalls) -> None:
+        """The model wrote function calls: each becomes a function_call item (its text stays in the assistant
+        item, where the model wrote it; the item is the client's view of it)."""
+        r = self.responses.get(event.response_id)
+        if r is None or r is not self.response or r.cancel_requested:
+            return
+        try:
+            calls = parse_calls(event.text)
+        except ToolError as e:
+            log.warning("response %s: unreadable function call %r: %s", r.id, event.text, e)
+            return
+        for call in calls:
+            item = ConvItem(new_id("item"), "assistant", [], type="function_call", call_id=new_id("call"),
+                            name=call.name, arguments=call.arguments)
+            r.calls.append(item)
+            if r.in_conversation:
+                self.handle.add_item(item.id, "assistant", view=item, hidden=True)
+            self.emit(FunctionCall(r, item))
 
     # ---- input transcription (ASR on the user's clip, a second engine request)
     def _transcribe(self, item: ConvItem) -> None:
@@ -496,6 +579,8 @@ class Session:
                 self.emit(ResponseAudio(r, event.pcm))
         elif isinstance(event, m.ResponseDone):
             self._on_done(event)
+        elif isinstance(event, m.ToolCalls):
+            self._on_calls(event)
         elif isinstance(event, m.SessionFailed):
             self.emit(SessionError("server_error", f"the session failed: {event.message}", type="server_error",
                                    fatal=True))
@@ -543,6 +628,11 @@ class Session:
         r.item.status = "completed" if r.status == "completed" else "incomplete"
         if self.response is r:
             self.response = None
+        if not r.in_conversation:
+            with contextlib.suppress(KeyError):  # out of band: not kept (KeyError: gone already)
+                self.handle.delete_item(r.item.id)
+        if r.own_instructions:
+            self._set_instructions(self.config.instructions)
         self.emit(ResponseDone(r))
         if self._next_response is not None and self.response is None:
             pending, self._next_response = self._next_response, None

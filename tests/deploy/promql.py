@@ -50,6 +50,7 @@ def exercised_metrics() -> Metrics:
     m.session_ended("websocket", 12.0)
     m.rejected("full")
     m.error("session")
+    m.error_event("invalid_value")
     m.interruption()
     m.audio_in(1.0)
     m.audio_out(2.0)

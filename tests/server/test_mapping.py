@@ -41,7 +41,7 @@ def test_session_created_describes_the_defaults(tiny):
     audio_in = session["audio"]["input"]
     assert audio_in["format"] == {"type": "audio/pcm", "rate": 24000} and audio_in["transcription"] is None
     assert audio_in["turn_detection"]["type"] == "server_vad" and audio_in["turn_detection"]["create_response"]
-    assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}
+    assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0}
 
 
 def test_a_spoken_response_makes_every_event_in_order(tiny):
@@ -174,11 +174,18 @@ def test_refused_session_updates_change_nothing(tiny):
         before = rt.update()["session"]
         for n, (session, param) in enumerate(bad):
             rt.send({"type": "session.update", "session": session, "event_id": f"u{n}"})
-            error = rt.until("error")["error"]
-            assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", param, f"u{n}"), error
+            # An error per field that cannot be honoured, then session.updated with the rest (nothing here); a
+            # change of session type is refused whole (its error only).
+            errors = []
+            while (event := rt.receive())["type"] != "session.updated":
+                if event["type"] == "error":
+                    errors.append(event["error"])
+                    if event["error"]["param"] == "session.type" and n < 2:
+                        break
+            found = [(e["code"], e["param"], e["event_id"]) for e in errors]
+            assert ("invalid_value", param, f"u{n}") in found, found
         after = rt.update()["session"]
     assert after == before
-    assert "session.updated" not in [e["type"] for e in rt.events[rt.events.index(rt.of("error")[0]):-1]]
 
 
 def test_items_are_placed_deleted_and_retrieved(tiny):

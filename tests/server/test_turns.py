@@ -38,7 +38,7 @@ def test_bad_input_gets_an_error_each_and_the_session_goes_on(tiny):
         ({"type": "response.cancel", "event_id": "e7"}, "e7"),
         ({"type": "conversation.item.delete", "item_id": "nope", "event_id": "e8"}, "e8"),
         ({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
-            "turn_detection": {"type": "semantic_vad"}}}}, "event_id": "e9"}, "e9"),
+            "turn_detection": {"type": "magic_vad"}}}}, "event_id": "e9"}, "e9"),
         ([1, 2], None),
         ({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 5,
           "event_id": "e11"}, "e11"),
