@@ -1,18 +1,21 @@
 // The voice demo: connects to this server's OpenAI Realtime session over WebRTC (default) or WebSocket,
-// push-to-talk or hands-free (server VAD) turns, live transcript, level meters, barge-in, latency per turn.
+// push-to-talk or hands-free turns (server VAD or semantic VAD), live transcript, level meters, barge-in, latency
+// per turn.
 // `window.lfmDemo` is a small read-only view of what happened, for tests and for the curious.
 
 import {AudioEngine, MicError} from './audio.js';
 import {Refused, RtcTransport, WsTransport} from './transport.js';
+import {MODES, SpeechEnd, describe, refusesTurnDetection, turnDetection} from './turns.js';
 
 const $ = (id) => document.getElementById(id);
 const now = () => performance.now();
 const AUDIBLE = 0.002; // RMS above which the assistant's audio counts as playing
 const FRAME_S = 0.08; // one audio token of LFM2-Audio: 80 ms (mirrors FRAME_MS in models/defaults.py)
+const SPEECH_LEAD_MS = 1000; // look this far before speech_started for the turn's loudest mic level
 
 // ---- settings: the form, saved in localStorage (never the key); query parameters override
 const form = $('settings-form');
-const FIELDS = ['transport', 'mic', 'vad_silence_ms', 'max_tokens', 'audio_temperature', 'audio_top_k', 'seed',
+const FIELDS = ['transport', 'mic', 'vad_silence_ms', 'eagerness', 'max_tokens', 'audio_temperature', 'audio_top_k', 'seed',
   'transcribe', 'instructions', 'ice'];
 const STORE = 'lfm-audio-demo';
 
@@ -28,7 +31,7 @@ function loadSettings() {
     const value = name in query ? query[name] : saved[name];
     if (value === undefined) continue;
     if (name === 'mode') {
-      document.querySelector(`input[name=mode][value="${value === 'vad' ? 'vad' : 'ptt'}"]`).checked = true;
+      document.querySelector(`input[name=mode][value="${MODES.includes(value) ? value : 'ptt'}"]`).checked = true;
       continue;
     }
     if (name === 'mic') {
@@ -49,6 +52,7 @@ function settings() {
     mode: document.querySelector('input[name=mode]:checked').value,
     micId: S.wantedMic,
     vadSilenceMs: num('vad_silence_ms') ?? 500,
+    eagerness: f.eagerness.value,
     maxTokens: num('max_tokens'),
     audioTemperature: num('audio_temperature'),
     audioTopK: num('audio_top_k'),
@@ -89,9 +93,7 @@ function sessionConfig(s) {
     type: 'realtime',
     audio: {
       input: {
-        turn_detection: s.mode === 'vad'
-          ? {type: 'server_vad', silence_duration_ms: s.vadSilenceMs, create_response: true, interrupt_response: true}
-          : null,
+        turn_detection: turnDetection(s, S.turnFallback !== null),
         transcription: s.transcribe ? {model: 'lfm-audio'} : null,
       },
     },
@@ -117,6 +119,9 @@ const S = {
   response: null, // the active response's turn record
   dropped: new Set(), // responses whose late audio deltas are ignored (barged in)
   turnEnd: null, // when the user's turn ended (speech_stopped or push-to-talk release)
+  speechEnd: null, // when the user's speech ended (push to talk: the release; else the mic level, turns.js)
+  speechStartedAt: null, // when speech_started arrived
+  turnFallback: null, // the server's refusal of semantic_vad in this session (hands-free is then server_vad)
   outMuted: false, // WebRTC: the remote audio element is muted after a barge-in
   playerPlaying: false, // WebSocket: the player worklet has audio
   rtcPlaying: false, // WebRTC: the server's track is sending a response (output_audio_buffer.started .. stopped)
@@ -128,10 +133,13 @@ const S = {
   items: new Map(), // item_id -> transcript entry
 };
 const history = {out: []}; // recent [t, rms] of the assistant's audible output
+const micLevels = new SpeechEnd();
 const demo = {
   state: 'idle',
   transport: null,
   mode: null,
+  turnDetection: undefined, // what the server reports in force (session.created / session.updated)
+  turnFallback: null, // the server's message when it refused semantic_vad
   sessionId: null,
   sampleRate: null,
   readyz: null,
@@ -243,6 +251,7 @@ async function connect() {
   const s = settings();
   S.mode = s.mode;
   demo.mode = s.mode;
+  setTurnFallback(null); // a new session: the server may take semantic_vad now
   setState('connecting');
   try {
     await audio.start();
@@ -319,8 +328,11 @@ function teardown() {
     S.remoteEl.remove();
     S.remoteEl = null;
   }
-  Object.assign(S, {talking: false, userSpeaking: false, response: null, turnEnd: null, outMuted: false,
-    playerPlaying: false, rtcPlaying: false, pendingUpdates: []});
+  Object.assign(S, {talking: false, userSpeaking: false, response: null, turnEnd: null, speechEnd: null,
+    speechStartedAt: null, outMuted: false, playerPlaying: false, rtcPlaying: false, pendingUpdates: []});
+  micLevels.clear();
+  demo.turnDetection = undefined; // no session, nothing in force
+  renderTurnMode();
 }
 
 // WebRTC: the remote stream plays through an <audio> element (Chrome's echo canceller sees it there, and
@@ -347,7 +359,7 @@ function send(event) {
 let eventSeq = 0;
 function updateSession(session = sessionConfig(settings()), rtt = false) {
   const id = `evt_demo_${++eventSeq}`;
-  S.pendingUpdates.push({id, rtt, at: now()});
+  S.pendingUpdates.push({id, rtt, at: now(), turnType: session.audio?.input?.turn_detection?.type ?? null});
   send({type: 'session.update', event_id: id, session});
 }
 
@@ -378,9 +390,9 @@ function setRtt(ms, how) {
 function applyMic() {
   const track = audio.micTrack;
   if (!track || !S.transport) return;
-  const live = !S.muted && (S.mode === 'vad' || S.talking);
+  const live = !S.muted && (S.mode !== 'ptt' || S.talking);
   track.enabled = live;
-  if (S.transport.kind === 'websocket') audio.setCapturing(S.mode === 'vad' || S.talking);
+  if (S.transport.kind === 'websocket') audio.setCapturing(S.mode !== 'ptt' || S.talking);
   renderTalk();
 }
 
@@ -421,6 +433,7 @@ async function endTalk() {
     return;
   }
   S.turnEnd = released;
+  S.speechEnd = released; // the user decides the turn's end: nothing can come before it
   S.spokenMs = held;
   send({type: 'input_audio_buffer.commit'});
   await responseEnded(1500); // an interrupted answer may still be closing
@@ -482,6 +495,7 @@ function maxRemote(a, b) {
 
 // ---- levels
 audio.onMicLevel = ({rms}) => {
+  micLevels.push(now(), rms);
   demo.rms.mic = rms;
   demo.rms.micMax = Math.max(demo.rms.micMax, rms);
 };
@@ -532,22 +546,27 @@ function onEvent(e) {
   switch (e.type) {
     case 'session.created':
       demo.sessionId = e.session.id;
+      showTurnDetection(e.session);
       $('footer').textContent = `Session ${e.session.id} over ${S.transport.kind === 'webrtc' ? 'WebRTC' :
         'WebSocket'} · audio at ${audio.ctx.sampleRate} Hz in this browser · model ${e.session.model || '?'}`;
       break;
     case 'session.updated': {
       const p = S.pendingUpdates.shift();
       if (p?.rtt) setRtt(now() - p.at, 'WebSocket, session.update');
+      showTurnDetection(e.session);
       break;
     }
     case 'input_audio_buffer.speech_started':
       S.userSpeaking = true;
       S.speechStartMs = e.audio_start_ms;
+      S.speechStartedAt = now();
       if (S.response || assistantAudible()) bargeIn('speech');
       break;
     case 'input_audio_buffer.speech_stopped':
       S.userSpeaking = false;
       S.turnEnd = now();
+      // The speech began before speech_started could say so (the detector needs voiced frames first).
+      S.speechEnd = micLevels.find(S.speechStartedAt === null ? null : S.speechStartedAt - SPEECH_LEAD_MS);
       S.spokenMs = e.audio_end_ms - (S.speechStartMs ?? e.audio_end_ms);
       break;
     case 'input_audio_buffer.committed':
@@ -566,9 +585,11 @@ function onEvent(e) {
     case 'response.created': {
       c.responses += 1;
       const r = {n: c.responses, id: e.response.id, item: null, createdAt: now(), turnEndAt: S.turnEnd,
-        firstAudioAt: null, doneAt: null, ttfaMs: null, rtf: null, audioMs: null, status: 'in_progress',
+        speechEndAt: S.turnEnd === null ? null : S.speechEnd, firstAudioAt: null, bufferStartedAt: null,
+        doneAt: null, ttfaMs: null, speechToAudioMs: null, rtf: null, audioMs: null, status: 'in_progress',
         outRmsMax: 0, bytes: 0, row: null};
       S.turnEnd = null;
+      S.speechEnd = null;
       S.response = r;
       demo.turns.push(r);
       if (S.outMuted) { // a new answer after a barge-in: audible again
@@ -592,8 +613,12 @@ function onEvent(e) {
     case 'response.done':
       onResponseDone(e.response);
       break;
-    case 'output_audio_buffer.started':
+    case 'output_audio_buffer.started': {
       S.rtcPlaying = true;
+      const r = demo.turns.find((t) => t.id === e.response_id);
+      if (r) r.bufferStartedAt = now(); // the server began sending it; the panel waits for it to be heard
+      break;
+    }
       break;
     case 'output_audio_buffer.stopped':
       S.rtcPlaying = false;
@@ -630,6 +655,7 @@ function onAudioDelta(e) {
 
 function finishTtfa(r) {
   if (r.turnEndAt) r.ttfaMs = r.firstAudioAt - r.turnEndAt;
+  if (r.speechEndAt) r.speechToAudioMs = r.firstAudioAt - r.speechEndAt;
   renderLatency(r);
 }
 
@@ -652,10 +678,37 @@ function markInterrupted(itemId) {
 
 function onServerError(error) {
   const quiet = new Set(['response_cancel_not_active', 'input_audio_buffer_commit_empty']);
-  demo.errors.push({kind: 'server', code: error.code, message: error.message});
+  demo.errors.push({kind: 'server', code: error.code, message: error.message, param: error.param ?? null});
   const i = S.pendingUpdates.findIndex((p) => p.id === error.event_id);
-  if (i >= 0) S.pendingUpdates.splice(i, 1);
+  const update = i >= 0 ? S.pendingUpdates.splice(i, 1)[0] : null;
   if (!quiet.has(error.code)) toast(`Server: ${error.message}`);
+  if (update?.turnType === 'semantic_vad' && S.turnFallback === null && refusesTurnDetection(error)) {
+    setTurnFallback(error.message); // this server has no semantic_vad: hands-free with server VAD instead
+    updateSession();
+  }
+}
+
+// ---- turn detection in force
+function showTurnDetection(session) {
+  const td = session?.audio?.input?.turn_detection;
+  if (td === undefined) return; // e.g. a transcription session's fields elsewhere: keep what is shown
+  demo.turnDetection = td;
+  renderTurnMode();
+}
+
+function setTurnFallback(message) {
+  S.turnFallback = message;
+  demo.turnFallback = message;
+  renderTurnMode();
+}
+
+function renderTurnMode() {
+  const el = $('turn-mode');
+  el.textContent = demo.turnDetection === undefined ? '' : `In force: ${describe(demo.turnDetection)}`;
+  const note = $('turn-fallback');
+  note.hidden = S.turnFallback === null;
+  note.textContent = S.turnFallback === null ? '' : `The server refused semantic VAD (${S.turnFallback}); ` +
+    'using server VAD for this session.';
 }
 
 // ---- transcript
@@ -701,14 +754,16 @@ function renderLatency(r) {
   const body = $('latency').tBodies[0];
   if (!r.row) {
     r.row = body.insertRow(0);
-    for (let i = 0; i < 4; i++) r.row.insertCell();
+    for (let i = 0; i < 5; i++) r.row.insertCell();
     while (body.rows.length > 6) body.deleteRow(body.rows.length - 1);
   }
   const cells = r.row.cells;
   cells[0].textContent = `#${r.n}`;
-  cells[1].textContent = r.ttfaMs === null ? '…' : `${Math.round(r.ttfaMs)} ms`;
-  cells[2].textContent = r.rtf === null ? '…' : r.rtf.toFixed(2);
-  cells[3].textContent = r.audioMs === null ? '…' : `${(r.audioMs / 1000).toFixed(1)} s`;
+  const ms = (v) => (v === null ? '…' : `${Math.round(v)} ms`);
+  cells[1].textContent = r.turnEndAt && !r.speechEndAt ? '–' : ms(r.speechToAudioMs); // –: no speech heard here
+  cells[2].textContent = ms(r.ttfaMs);
+  cells[3].textContent = r.rtf === null ? '…' : r.rtf.toFixed(2);
+  cells[4].textContent = r.audioMs === null ? '…' : `${(r.audioMs / 1000).toFixed(1)} s`;
   r.row.className = r.status === 'cancelled' ? 'cancelled' : '';
   r.row.title = r.status;
 }
@@ -780,7 +835,7 @@ function init() {
   for (const type of ['pointerup', 'pointercancel', 'lostpointercapture']) talk.addEventListener(type, endTalk);
   talk.addEventListener('click', () => {
     if (S.state === 'idle' || S.state === 'error' || S.state === 'lost') connect();
-    else if (S.state === 'connected' && S.mode === 'vad' && (S.response || assistantAudible())) bargeIn('button');
+    else if (S.state === 'connected' && S.mode !== 'ptt' && (S.response || assistantAudible())) bargeIn('button');
   });
   const typing = (e) => e.target.closest('input, textarea, select, [contenteditable]');
   document.addEventListener('keydown', (e) => {

@@ -36,7 +36,11 @@ ARGS = ["--disable-gpu", "--disable-quic", "--autoplay-policy=no-user-gesture-re
 FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 # A turn: short speech, a response long enough (80 ms per audio token) that the next loop of the WAV
 # (speech again after the silence) speaks over it: that is the barge-in.
-QUERY = "mode=vad&vad_silence_ms=300&max_tokens=70&seed=1"
+SILENCE_MS = 300  # server VAD: the silence that ends a turn
+QUERY = f"mode=vad&vad_silence_ms={SILENCE_MS}&max_tokens=70&seed=1"
+# The least the turn detector waits after the speech, minus what the page's estimate of the speech's end may be off
+# by (the mic meter reads up to 23 ms late, webrtcvad's 30 ms frames judge the end by their own measure): 100 ms.
+LEAST_WAIT_MS = {"server_vad": SILENCE_MS - 100, "semantic_vad": 200 - 100}  # semantic: the model first asks at 200
 LOUD = 0.01  # RMS: clearly audible (the fake mic reads about 0.1, the random model's speech more)
 SILENT = 1e-3
 
@@ -122,22 +126,57 @@ def tab(browser):
 
 
 def server_errors(tab: Page) -> list[dict]:
-    """Error events the server sent (a cancel that crossed the response's end is harmless)."""
-    errors = tab.demo("lfmDemo.errors")
-    return [e for e in errors if e["kind"] == "server" and e["code"] != "response_cancel_not_active"]
+    """Error events the server sent (a cancel that crossed the response's end is harmless, and so is a refusal of
+    semantic_vad that the page turned into its server VAD fallback)."""
+    errors, fallback = tab.demo("lfmDemo.errors"), tab.demo("lfmDemo.turnFallback")
+    return [e for e in errors if e["kind"] == "server" and e["code"] != "response_cancel_not_active"
+            and not (fallback is not None and e["message"] == fallback)]
 
 
 def turns(tab: Page) -> list[dict]:
     return tab.demo("lfmDemo.turns.map(t => ({...t, row: null}))")
 
 
-def spoken_turn_and_barge_in(tab: Page, server: ServerProcess, transport: str, shot: str) -> dict:
+def choose_semantic_vad(tab: Page, eagerness: str) -> None:
+    """In the page's own controls, as a user would; saved like the other settings."""
+    tab.page.check("input[name=mode][value=semantic]")
+    tab.page.click("#settings summary")
+    tab.page.select_option("select[name=eagerness]", eagerness)
+    tab.page.click("#settings summary")
+    saved = json.loads(tab.page.evaluate("localStorage.getItem('lfm-audio-demo')"))
+    assert (saved["mode"], saved["eagerness"]) == ("semantic", eagerness), saved
+
+
+def turn_detection_in_force(tab: Page, mode: str) -> str:
+    """What the server reports in session.updated, and what the page shows of it. semantic_vad: taken, or refused
+    (a server without it) and the page falls back to server VAD and says so."""
+    if mode == "semantic":
+        tab.wait("lfmDemo.turnDetection?.type === 'semantic_vad' || (lfmDemo.turnFallback !== null && "
+                 f"lfmDemo.turnDetection?.silence_duration_ms === {SILENCE_MS})", 10, "semantic VAD or the fallback")
+    else:
+        tab.wait(f"lfmDemo.turnDetection?.silence_duration_ms === {SILENCE_MS}", 10, "server VAD in force")
+    td, fallback = tab.demo("lfmDemo.turnDetection"), tab.demo("lfmDemo.turnFallback")
+    shown = tab.page.inner_text("#turn-mode")
+    if td["type"] == "semantic_vad":
+        assert fallback is None and shown == f"In force: semantic VAD, eagerness {td['eagerness']}", (td, shown)
+    else:
+        assert td["type"] == "server_vad" and shown == f"In force: server VAD, {SILENCE_MS} ms of silence", shown
+        assert tab.page.is_visible("#turn-fallback") == (fallback is not None)
+        if fallback is not None:
+            assert "semantic_vad" in fallback and "refused semantic VAD" in tab.page.inner_text("#turn-fallback")
+    return td["type"]
+
+
+def spoken_turn_and_barge_in(tab: Page, server: ServerProcess, transport: str, shot: str, mode: str = "vad") -> dict:
     page = tab.page
     page.goto(f"{server.base}/?transport={transport}&{QUERY}")
     page.wait_for_selector("#banner-random:not([hidden])")  # the tiny test checkpoint has random weights
+    if mode == "semantic":
+        choose_semantic_vad(tab, "high")  # high: the soonest end of turn, 2 s at most
     page.click("#talk")
     tab.wait("lfmDemo.state === 'connected'", 15, "the session")
     assert tab.demo("lfmDemo.transport") == transport
+    kind = turn_detection_in_force(tab, mode)
     # A wrong WAV plays as silence without any error: the mic must be heard first.
     tab.wait(f"lfmDemo.rms.micMax > {LOUD}", 5, "the fake microphone's speech")
 
@@ -149,7 +188,14 @@ def spoken_turn_and_barge_in(tab: Page, server: ServerProcess, transport: str, s
     tab.wait("lfmDemo.turns.some(t => t.rtf !== null) && lfmDemo.rttMs !== null", 15, "RTF and round trip")
     cells = page.locator("#latency tbody tr").first.locator("td").all_inner_texts()
     assert re.fullmatch(r"#\d+", cells[0]) and re.fullmatch(r"\d+ ms", cells[1]), cells
-    assert re.fullmatch(r"\d+\.\d\d", cells[2]) and re.fullmatch(r"\d+\.\d s", cells[3]), cells
+    assert re.fullmatch(r"\d+ ms", cells[2]) and re.fullmatch(r"\d+\.\d\d", cells[3]), cells
+    assert re.fullmatch(r"\d+\.\d s", cells[4]), cells
+    # The end of speech -> first audio: the turn detector's wait, then the server's answer time (the next cell).
+    turn = next(t for t in reversed(turns(tab)) if t["n"] == int(cells[0][1:]))
+    speech_ms, answer_ms = turn["speechToAudioMs"], turn["ttfaMs"]
+    shown = [int(c.removesuffix(" ms")) for c in cells[1:3]]
+    assert abs(shown[0] - speech_ms) <= 0.5 and abs(shown[1] - answer_ms) <= 0.5, (cells, turn)  # rounded ms
+    assert LEAST_WAIT_MS[kind] <= speech_ms - answer_ms < 4000, turn  # 4 s: semantic high's 2 s cap, with room
     assert re.search(r"(\d+(\.\d)?|< 1) ms", page.inner_text("#rtt")), page.inner_text("#rtt")
     transcript = tab.demo("lfmDemo.transcript()")
     assert transcript[0]["role"] == "user", transcript
@@ -167,14 +213,14 @@ def spoken_turn_and_barge_in(tab: Page, server: ServerProcess, transport: str, s
     page.screenshot(path=str(ARTIFACTS / shot.replace(".png", "-barge-in.png")), full_page=True)
     result = {"turns": turns(tab), "barge": barge, "counters": tab.demo("lfmDemo.counters"),
               "rtt": tab.demo("lfmDemo.rttMs"), "sampleRate": tab.demo("lfmDemo.sampleRate")}
-    print(f"\n{transport}: sample rate {result['sampleRate']}, rtt {result['rtt']:.2f} ms, first turn",
-          {k: result["turns"][0][k] for k in ("ttfaMs", "rtf", "audioMs", "outRmsMax", "status")},
+    print(f"\n{transport} ({kind}): sample rate {result['sampleRate']}, rtt {result['rtt']:.2f} ms, first turn",
+          {k: result["turns"][0][k] for k in ("speechToAudioMs", "ttfaMs", "rtf", "audioMs", "outRmsMax", "status")},
           "barge-in", barge)
     return result
 
 
 def test_websocket_turn_and_barge_in(tab, server):
-    r = spoken_turn_and_barge_in(tab, server, "websocket", "demo.png")
+    r = spoken_turn_and_barge_in(tab, server, "websocket", "demo.png", mode="semantic")
     barge, counters = r["barge"], r["counters"]
     # What the user heard was reported, and the server truncated the item to it.
     assert barge["truncatedMs"] is not None and barge["truncatedMs"] > 0, barge
@@ -242,6 +288,9 @@ def test_push_to_talk_with_transcription(tab, server, transport):
     counters = tab.demo("lfmDemo.counters")
     assert counters["sent"]["input_audio_buffer.commit"] == 1 and counters["sent"]["response.create"] == 1
     assert "input_audio_buffer.speech_started" not in counters["events"]  # manual turns: no server VAD
+    assert tab.page.inner_text("#turn-mode") == "In force: manual turns (push to talk)"
+    first = turns(tab)[0]  # the release ends both the speech and the turn
+    assert first["speechToAudioMs"] == first["ttfaMs"] > 0, first
 
     page.mouse.down()  # talk over the answer
     tab.wait("lfmDemo.bargeIns.some(b => b.rmsAfter !== null)", 5, "the barge-in")
