@@ -41,7 +41,8 @@ def test_session_created_describes_the_defaults(tiny):
     audio_in = session["audio"]["input"]
     assert audio_in["format"] == {"type": "audio/pcm", "rate": 24000} and audio_in["transcription"] is None
     assert audio_in["turn_detection"]["type"] == "server_vad" and audio_in["turn_detection"]["create_response"]
-    assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0}
+    assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy",
+                                          "speed": 1.0}
 
 
 def test_a_spoken_response_makes_every_event_in_order(tiny):
