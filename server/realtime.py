@@ -385,4 +385,6 @@ def response_params(params: dict) -> dict:
 
 
 def _decode_clip(raw: bytes, fmt: AudioFormat) -> np.ndarray:
-    return InputDecoder(fmt).decode(raw)
+    """A whole clip: decoded, and what the resampler still holds flushed (its last few ms)."""
+    decoder = InputDecoder(fmt)
+    return np.concatenate([decoder.decode(raw), decoder.flush()])

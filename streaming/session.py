@@ -47,6 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 INF_TOKENS = 1 << 30  # max_output_tokens "inf": no limit but the server's cap
+INSTRUCTIONS_ID = "instructions"  # the system turn's item: always first, never shown to the client
 MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
 IDLE_KEEP_MS = 1000  # server VAD between turns: kept beyond prefix_padding_ms (covers the detector's delay)
 
@@ -275,8 +276,8 @@ class Session:
         text = ASR_PROMPT if cfg.kind == "transcription" else system_prompt(
             text, cfg.tools if tools is None else tools, cfg.tool_choice)
         if self._instructions_added:
-            self.handle.delete_item("instructions")
-        self.handle.add_item("instructions", "system", text=text, first=True)
+            self.handle.delete_item(INSTRUCTIONS_ID)
+        self.handle.add_item(INSTRUCTIONS_ID, "system", text=text, first=True)
         self._instructions_added = True
 
     # ---- input audio
@@ -425,9 +426,13 @@ class Session:
             content.append(Part("input_text" if role != "assistant" else "output_text", text=text))
         item = ConvItem(item_id, role, content) if view is None else view
         item.id = item_id
-        previous = previous_item_id if previous_item_id not in (None, "root") else self.previous_item_id()
+        if previous_item_id == "root":  # the conversation's start: right after the system instructions
+            previous, after = None, INSTRUCTIONS_ID
+        else:
+            previous = previous_item_id if previous_item_id is not None else self.previous_item_id()
+            after = previous_item_id
         try:
-            self._add(item, audio=audio, text=text, after=previous_item_id if previous_item_id != "root" else None)
+            self._add(item, audio=audio, text=text, after=after)
         except ValueError:  # an item the client does not see (the instructions)
             self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
             return None

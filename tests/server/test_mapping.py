@@ -213,6 +213,9 @@ def test_items_are_placed_deleted_and_retrieved(tiny):
             rt.send({**event, "event_id": f"e{n}"})
             refused.append(rt.until("error")["error"])
         assert _conversation_ids(srv) == ["instructions", "a", "c"]
+        rt.send(_user("first of all", "r", previous_item_id="root"))  # the conversation's start
+        rooted = rt.until("conversation.item.added")
+        assert _conversation_ids(srv) == ["instructions", "r", "a", "c"] and rooted["previous_item_id"] is None
         done = rt.say("last")
     placed = rt.of("conversation.item.added")
     assert [(e["item"]["id"], e["previous_item_id"]) for e in placed[:3]] == [("a", None), ("b", "a"), ("c", "a")]
@@ -240,7 +243,7 @@ def test_an_audio_item_is_transcribed_when_asked(tiny):
         retrieved = rt.until("conversation.item.retrieved")
     assert added["item"]["content"] == [{"type": "input_audio", "transcript": None}]
     assert completed["item_id"] == "clip" and completed["transcript"] == SAID
-    # An item's clip leaves the input resampler unflushed (its last ~10 ms stay inside): within 20 ms.
-    assert completed["usage"]["type"] == "duration" and abs(completed["usage"]["seconds"] - 0.5) <= 0.02
+    # The whole clip is decoded (the resampler flushed): its length to the millisecond the server counts in.
+    assert completed["usage"]["type"] == "duration" and abs(completed["usage"]["seconds"] - 0.5) <= 0.001
     assert "".join(e["delta"] for e in rt.of("conversation.item.input_audio_transcription.delta")) == SAID
     assert retrieved["item"]["content"] == [{"type": "input_audio", "transcript": SAID}]
