@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -212,8 +213,9 @@ class SemanticTurnDetector:
 
     Same interface and events as TurnDetector (push, set_config, reset, now_ms, clip_bounds, speaking). Times are
     on the audio timeline. With background=True the model runs on a worker thread and its answer is taken at the
-    first push after it is ready (the caller's event loop is not held; audio keeps arriving in real time); without,
-    push() runs it inline (deterministic: tests, offline evaluation)."""
+    first push after it is ready, or at poll() (the caller's event loop is not held; `on_answer`, called from the
+    worker, tells the caller an answer is waiting, for a client that sent its audio in one burst and then waits);
+    without, push() runs it inline (deterministic: tests, offline evaluation)."""
 
     def __init__(self, config: VadConfig | None = None, eagerness: str = "auto", model: EndOfTurn | None = None,
                  background: bool = False, min_speech_ms: int = 90, probes_ms: tuple[int, ...] = PROBES_MS):
@@ -223,6 +225,7 @@ class SemanticTurnDetector:
         self.config = config or VadConfig()
         self.eagerness = eagerness
         self.background = background
+        self.on_answer: Callable[[], None] | None = None  # background: called on the worker thread when ready
         self._model = model
         self._vad = TurnDetector(self._probe_config(self.config), min_speech_ms)
         self.judgements: list[Judgement] = []  # of the current turn; kept until the next turn starts
@@ -287,6 +290,12 @@ class SemanticTurnDetector:
             self._check(events)
         return events
 
+    def poll(self) -> list[SpeechStarted | SpeechStopped]:
+        """Take a background answer that arrived since the last push (no new audio needed)."""
+        events: list[SpeechStarted | SpeechStopped] = []
+        self._check(events)
+        return events
+
     def _remember(self, x: np.ndarray) -> None:
         keep = WINDOW + self.config.prefix_padding_ms * INPUT_RATE // 1000 + x.size
         self._audio = np.concatenate([self._audio[-(keep - x.size):], x]) if x.size else self._audio
@@ -318,7 +327,10 @@ class SemanticTurnDetector:
         self._next_probe = None
         audio = self._turn_audio(self.now_ms)
         if self.background:  # the worker also loads the model the first time
-            self._pending = (self._asked, probe, _background().submit(_timed, self._model, audio))
+            future = _background().submit(_timed, self._model, audio)
+            self._pending = (self._asked, probe, future)
+            if self.on_answer is not None:
+                future.add_done_callback(lambda _: self.on_answer())
         else:
             self._decide(probe, *_timed_or_none(self._model, audio))
 

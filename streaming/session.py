@@ -267,8 +267,16 @@ class Session:
         if td is None:
             return None
         if td.kind == "semantic_vad":  # the model runs on a worker thread: the event loop is not held
-            return SemanticTurnDetector(td.vad, td.eagerness, background=True)
+            detector = SemanticTurnDetector(td.vad, td.eagerness, background=True)
+            detector.on_answer = lambda: self.loop.call_soon_threadsafe(self._poll_detector, detector)
+            return detector
         return TurnDetector(td.vad)
+
+    def _poll_detector(self, detector: SemanticTurnDetector) -> None:
+        """An end-of-turn answer is ready: act on it now, not at the next audio (a client may be waiting)."""
+        if not self.closed and self._vad is detector:
+            for ev in detector.poll():
+                self._on_vad(ev)
 
     def _set_instructions(self, text: str, tools: tuple[Tool, ...] | None = None) -> None:
         """The system turn: instructions and the tool list (the session's, unless given)."""

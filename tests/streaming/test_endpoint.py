@@ -248,3 +248,28 @@ async def test_the_session_picks_the_detector_and_ends_a_complete_turn(say):
 
     session.update(s.SessionConfig(turn_detection=s.TurnDetection()))
     assert type(session._vad).__name__ == "TurnDetector"  # back to server_vad: a new detector
+
+
+async def test_the_session_ends_a_turn_sent_in_one_burst(say):
+    """A client that sends its whole utterance at once and then waits (no more audio): the model's answer,
+    ready after the last push, still ends the turn."""
+    events: list = []
+    semantic = s.TurnDetection(kind="semantic_vad", eagerness="high", create_response=False)
+    session = s.Session(_Engine(), events.append, s.SessionConfig(turn_detection=semantic))
+    release = threading.Event()
+
+    class Held(Scripted):  # complete, once the whole burst has been pushed
+        def probability(self, audio):
+            release.wait(5)
+            return super().probability(audio)
+
+    session._vad._model = Held(0.99)
+    session._take(scene(quiet(300), say(COMPLETE), quiet(400)))
+    assert "stopped" not in [getattr(e, "kind", None) for e in events]  # the answer is not in yet
+    release.set()  # ... and now arrives, with no more audio to push
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if "stopped" in [getattr(e, "kind", None) for e in events]:
+            break
+    assert "stopped" in [getattr(e, "kind", None) for e in events]
+    assert "AudioCommitted" in [type(e).__name__ for e in events]

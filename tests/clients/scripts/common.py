@@ -7,6 +7,9 @@ import sys
 import wave
 
 RATE = 24_000  # OpenAI Realtime's audio/pcm
+# What follows a spoken turn: long enough for semantic_vad (the clients' default) to end a turn the end-of-turn
+# model judged unfinished: its longest wait at eagerness medium/auto is 4 s of silence (streaming/endpoint.py).
+TURN_SILENCE_MS = 4500
 
 
 def read_pcm16(path: str) -> bytes:

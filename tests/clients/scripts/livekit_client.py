@@ -10,7 +10,7 @@ import sys
 import time
 
 import aiohttp
-from common import RATE, chunks, read_pcm16, report, silence
+from common import RATE, TURN_SILENCE_MS, chunks, read_pcm16, report, silence
 from livekit import rtc
 from livekit.plugins.openai.realtime import RealtimeModel
 
@@ -60,7 +60,7 @@ async def main(base: str, key: str, wav: str) -> None:
                             "max_output_tokens": updated["max_output_tokens"],
                             "voice": updated["audio"]["output"]["voice"]}
         # 2. a spoken turn: semantic_vad (the end-of-turn model) ends the turn
-        for f in frames(speech + silence(1500)):
+        for f in frames(speech + silence(TURN_SILENCE_MS)):
             sess.push_audio(f)
         gen = await asyncio.wait_for(generations.get(), 90)
         found["spoken"] = await drain(gen)
@@ -71,7 +71,7 @@ async def main(base: str, key: str, wav: str) -> None:
         msg = await anext(aiter(gen.message_stream))
         audio = msg.audio_stream.__aiter__()
         first = await anext(audio)  # the reply is speaking: now the user talks over it
-        for f in frames(speech + silence(1500)):
+        for f in frames(speech + silence(TURN_SILENCE_MS)):
             sess.push_audio(f)
         heard = {"audio_s": first.samples_per_channel / first.sample_rate}
         async for frame in audio:

@@ -9,7 +9,7 @@ import sys
 from agents import function_tool
 from agents.realtime import RealtimeAgent, RealtimeRunner
 from agents.realtime.model_inputs import RealtimeModelSendRawMessage
-from common import read_pcm16, report, silence
+from common import TURN_SILENCE_MS, read_pcm16, report, silence
 
 
 @function_tool
@@ -49,7 +49,7 @@ async def main(url: str, key: str, wav: str) -> None:
         td = updated["session"]["audio"]["input"]["turn_detection"]
         found["session"] = {"turn_detection": td["type"], "tools": [t["name"] for t in updated["session"]["tools"]]}
         # a spoken turn
-        await session.send_audio(speech + silence(1200))
+        await session.send_audio(speech + silence(TURN_SILENCE_MS))
         found["spoken"] = (await until("response.done"))["response"]["status"]
         # a text turn
         await session.send_message("Hello there")
@@ -64,7 +64,7 @@ async def main(url: str, key: str, wav: str) -> None:
         # barge-in: speech during a response
         await session.send_message("Tell me a story")
         await until("response.created")
-        await session.send_audio(speech + silence(1200))
+        await session.send_audio(speech + silence(TURN_SILENCE_MS))
         cut = await until("response.done")
         found["barge_in"] = {"status": cut["response"]["status"],
                              "reason": (cut["response"].get("status_details") or {}).get("reason")}
