@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from server import validation
 from server.audio_out import AudioOutFactory
 from server.deps import authenticate
 from server.errors import CLOSE_POLICY, CLOSE_TRY_LATER, Refused
@@ -54,6 +55,9 @@ class Connection:
         try:
             for extra in (secret_session, update):
                 if extra:
+                    extra, problems = validation.session_update(extra)
+                    if problems:
+                        raise ProtocolError(*problems[0])
                     config = apply_session_update(config, extra)
             self.session = Session(self.state.engine, self.adapter.on_session_event, config,
                                    max_buffer_s=settings.max_input_buffer_s,

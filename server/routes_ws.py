@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from server.audio_out import EventAudioOut
 from server.connection import Connection
@@ -40,7 +40,7 @@ async def realtime(ws: WebSocket, state: State) -> None:
     await ws.accept(subprotocol=subprotocol)
 
     async def close(reason: str, code: int = CLOSE_GOING_AWAY) -> None:
-        with contextlib.suppress(RuntimeError):  # already closed
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # closed already, or the client is gone
             await ws.close(code=code, reason=reason[:120])
 
     closing: list[str] = []  # the server's reason, once it closes the session (a drain)
@@ -55,6 +55,10 @@ async def realtime(ws: WebSocket, state: State) -> None:
     conn.close_hook = close_when_sent
 
     async def writer() -> None:
+        with contextlib.suppress(WebSocketDisconnect):  # the client is gone: the reader sees it and ends the session
+            await write()
+
+    async def write() -> None:
         while True:
             event = await outbox.get()
             if event is CLOSE:  # the session failed, or the server ends it: close once what came before is out
