@@ -38,6 +38,7 @@ class Connection:
         self.opened = time.monotonic()
         self.turns = 0
         self.close_hook: Callable[[str], object] | None = None  # set by the transport
+        self.who: str | None = None  # whom the per-key limits charge this session to, while it holds a count
 
     def admit(self, authorization: str | None, subprotocols: list[str]) -> dict | None:
         """Authenticate; returns the session config carried by a client secret, or raises Refused."""
@@ -46,6 +47,13 @@ class Connection:
         if not self.state.accepting or engine is None or not engine.ready:
             self.state.metrics.rejected("not_ready")
             raise Refused(503, "server_unavailable", "the server is not ready; try again later", CLOSE_TRY_LATER)
+        if auth.who is not None:
+            try:
+                self.state.limits.acquire(auth.who)
+            except Refused:
+                self.state.metrics.rejected("limit")
+                raise
+            self.who = auth.who
         return auth.session
 
     def open(self, secret_session: dict | None = None, update: dict | None = None) -> None:
@@ -63,9 +71,11 @@ class Connection:
                                    max_buffer_s=settings.max_input_buffer_s,
                                    max_output_tokens=settings.max_response_tokens, media_input=self.media_input)
         except EngineFull as e:
+            self._release()
             self.state.metrics.rejected("full")
             raise Refused(503, "server_full", f"{e}; try again later", CLOSE_TRY_LATER) from None
         except ProtocolError as e:
+            self._release()
             raise Refused(400, e.code, e.message, CLOSE_POLICY) from None
         self.state.sessions.add(self)
         self.state.metrics.session_started(self.transport)
@@ -96,8 +106,14 @@ class Connection:
                              "cached_positions": r.usage.cached_positions,
                              "input_positions": r.usage.input_positions}))
 
+    def _release(self) -> None:
+        if self.who is not None:
+            self.state.limits.release(self.who)
+            self.who = None
+
     def finish(self, **extra: object) -> None:
         """The transport is gone: free the slot, count, log."""
+        self._release()
         if self.session is None or self not in self.state.sessions:
             return
         self.session.close()

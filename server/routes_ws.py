@@ -8,6 +8,7 @@ import json
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from server import security
 from server.audio_out import EventAudioOut
 from server.connection import Connection
 from server.deps import State
@@ -30,6 +31,7 @@ async def realtime(ws: WebSocket, state: State) -> None:
     outbox = Outbox()
     conn = Connection(state, "websocket", outbox.put, EventAudioOut)
     try:
+        security.check_origin(ws.headers, state.settings.allowed_origins + state.settings.cors_origins)
         secret_session = conn.admit(ws.headers.get("authorization"), offered)
         conn.open(secret_session)
     except Refused as r:  # nothing was allocated; say why, then close
