@@ -86,9 +86,11 @@ async def test_a_dropped_connection_at_every_phase_frees_its_slot_quietly(server
         await _phase(server, phase)
         took = await asyncio.to_thread(_freed_within, server, FREED_S)
         assert took < FREED_S, (phase, took)
+        print(f"{phase}: slot and gauge back in {took:.3f} s")
     await asyncio.sleep(0.3)  # the log lines of the last session
     log = server.log()
     assert len(server.log_events("session_end")) - before == 5
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-3000:]
+    assert KEY not in log  # keys are never logged (uvicorn's access lines included)
     errors = [line for line in server.metrics().splitlines() if line.startswith("lfm_audio_errors_total{")]
     assert all(float(line.split()[-1]) == 0 for line in errors), errors  # a drop is no error
