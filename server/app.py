@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from server.auth import Auth
 from server.errors import ApiError, api_error_response, invalid_request_response
 from server.metrics import Metrics
+from server.security import KeyLimits, SecurityHeaders
 from server.settings import Settings
 
 __all__ = ["AppState", "Loaded", "create_app", "engine_for", "load_engine"]
@@ -40,6 +41,7 @@ class AppState:
     settings: Settings
     auth: Auth
     metrics: Metrics | None = None
+    limits: KeyLimits | None = None  # server.security: per-key session limits
     engine: object | None = None  # streaming.engine.Engine, once loaded
     model_name: str = ""
     random_weights: bool = False
@@ -120,7 +122,8 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
     from server import drain, routes_ops, routes_rest, routes_webrtc, routes_ws
 
     settings = settings or Settings()
-    state = AppState(settings, Auth(settings))
+    state = AppState(settings, Auth(settings), limits=KeyLimits(settings.max_sessions_per_key,
+                                                                 settings.new_sessions_per_minute))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -159,6 +162,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
     app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(RequestValidationError, invalid_request_response)
     app.add_middleware(drain.RefuseUpgradesWhileDraining, state=state)
+    app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])

@@ -17,9 +17,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.defaults import MAX_TTL_S, MIN_TTL_S
+from server.security import key_id
 from server.settings import Settings
 
 __all__ = ["KEY_SUBPROTOCOL", "SECRET_PREFIX", "Auth", "AuthResult"]
@@ -27,6 +28,7 @@ __all__ = ["KEY_SUBPROTOCOL", "SECRET_PREFIX", "Auth", "AuthResult"]
 SECRET_PREFIX = "ek_"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # browsers cannot set headers on a WebSocket: the key rides here
 MAX_SECRET_CHARS = 65_536  # refuse to hash arbitrarily large strings
+OPEN = "open"  # on a server without keys, per-key limits count every client together
 SESSION_TYPES = {"realtime": "realtime.session", "transcription": "realtime.transcription_session"}
 
 
@@ -36,6 +38,8 @@ class AuthResult:
     reason: str | None = None  # why not, when not ok
     session: dict | None = None  # the config a client secret carries (never None for a client secret)
     subprotocol: str | None = None  # the WebSocket subprotocol to echo
+    # whom per-key limits count (server.security.key_id); None: a client secret, counted when it was minted
+    who: str | None = field(default=None, compare=False)
 
 
 def _b64(data: bytes) -> str:
@@ -164,9 +168,9 @@ class Auth:
             session, reason = self._redeem(token)
             return AuthResult(session is not None, reason, session, echo)
         if self.open:
-            return AuthResult(True, None, None, echo)
+            return AuthResult(True, None, None, echo, OPEN)
         if token is None:
             return AuthResult(False, "missing credentials", None, echo)
         if self.check_key(token):
-            return AuthResult(True, None, None, echo)
+            return AuthResult(True, None, None, echo, key_id(token))
         return AuthResult(False, "invalid api key", None, echo)

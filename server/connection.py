@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from server import validation
 from server.audio_out import AudioOutFactory
 from server.deps import authenticate
 from server.errors import CLOSE_POLICY, CLOSE_TRY_LATER, Refused
@@ -39,6 +40,7 @@ class Connection:
         self.turns = 0
         self._audio_in_counted = 0.0  # of the session's input audio, seconds already in the metric
         self.close_hook: Callable[[str], object] | None = None  # set by the transport
+        self.who: str | None = None  # whom the per-key limits charge this session to, while it holds a count
 
     def admit(self, authorization: str | None, subprotocols: list[str]) -> dict | None:
         """Authenticate; returns the session config carried by a client secret, or raises Refused."""
@@ -47,6 +49,13 @@ class Connection:
         if not self.state.accepting or engine is None or not engine.ready:
             self.state.metrics.rejected("not_ready")
             raise Refused(503, "server_unavailable", "the server is not ready; try again later", CLOSE_TRY_LATER)
+        if auth.who is not None:
+            try:
+                self.state.limits.acquire(auth.who)
+            except Refused:
+                self.state.metrics.rejected("limit")
+                raise
+            self.who = auth.who
         return auth.session
 
     def open(self, secret_session: dict | None = None, update: dict | None = None) -> None:
@@ -56,14 +65,19 @@ class Connection:
         try:
             for extra in (secret_session, update):
                 if extra:
+                    extra, problems = validation.session_update(extra)
+                    if problems:
+                        raise ProtocolError(*problems[0])
                     config = apply_session_update(config, extra)
             self.session = Session(self.state.engine, self.adapter.on_session_event, config,
                                    max_buffer_s=settings.max_input_buffer_s,
                                    max_output_tokens=settings.max_response_tokens, media_input=self.media_input)
         except EngineFull as e:
+            self._release()
             self.state.metrics.rejected("full")
             raise Refused(503, "server_full", f"{e}; try again later", CLOSE_TRY_LATER) from None
         except ProtocolError as e:
+            self._release()
             raise Refused(400, e.code, e.message, CLOSE_POLICY) from None
         self.state.sessions.add(self)
         self.state.metrics.session_started(self.transport)
@@ -104,8 +118,14 @@ class Connection:
                              "param": e.param, "client_event_type": e.client_event_type,
                              "client_event_id": e.client_event_id, "message": e.message}))
 
+    def _release(self) -> None:
+        if self.who is not None:
+            self.state.limits.release(self.who)
+            self.who = None
+
     def finish(self, **extra: object) -> None:
         """The transport is gone: free the slot, count, log."""
+        self._release()
         if self.session is None or self not in self.state.sessions:
             return
         self.session.close()

@@ -14,7 +14,7 @@ from streaming.messages import EngineStats
 __all__ = ["BUILD_LABELS", "TRANSPORTS", "Metrics"]
 
 TRANSPORTS = ("websocket", "webrtc", "http")
-REJECT_REASONS = ("auth", "full", "not_ready")  # what the routes pass to rejected()
+REJECT_REASONS = ("auth", "full", "not_ready", "limit")  # what the routes pass to rejected()
 ERROR_KINDS = ("session",)  # what the routes pass to error()
 BUILD_LABELS = ("version", "model", "decoder", "device")
 # The codes of the error events the server sends (server/realtime.py, streaming/session.py): series from the start

@@ -20,6 +20,7 @@ import numpy as np
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from pydantic import BaseModel, ValidationError
 
+from server import validation
 from server.audio_out import AudioOutFactory
 from server.errors import error_body
 from server.realtime_json import item_json, part_json, response_json
@@ -74,6 +75,10 @@ class RealtimeAdapter:
         self.session = session
         self.emit("session.created", session=self._session())
 
+    def instructions_fit(self, text: str) -> validation.Problem | None:
+        engine = self.session.engine
+        return validation.instructions_problem(text, engine.tokenizer, engine.config.max_context)
+
     def _session(self) -> dict:
         return session_object(self.session.config, self.session_id, self.model)
 
@@ -92,16 +97,19 @@ class RealtimeAdapter:
 
     # ---- client -> server
     def handle_text(self, raw: str | bytes) -> None:
-        if len(raw) > self.max_event_bytes:
+        if (size := validation.byte_size(raw, self.max_event_bytes)) > self.max_event_bytes:
             return self.error("event_too_large", f"events are limited to {self.max_event_bytes} bytes, this one "
-                              f"has {len(raw)}")
+                              f"has {size}", None, validation.raw_event_id(raw))
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return self.error("invalid_json", f"the event is not valid JSON: {e}")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            return self.error("invalid_json", f"the event is not valid JSON: {e}", None, validation.raw_event_id(raw))
+        client_id = data.get("event_id") if isinstance(data, dict) and isinstance(data.get("event_id"), str) else None
+        if validation.too_deep(data):
+            return self.error("invalid_event", f"the event nests deeper than {validation.MAX_DEPTH} levels", None,
+                              client_id)
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            return self.error("invalid_event", "an event is a JSON object with a string `type`", "type")
-        client_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+            return self.error("invalid_event", "an event is a JSON object with a string `type`", "type", client_id)
         model = _CLIENT_EVENTS.get(data["type"])
         if model is None:
             return self.error("invalid_event_type", f"unknown event type {data['type']!r}", "type", client_id)
@@ -111,6 +119,9 @@ class RealtimeAdapter:
                 getattr(self, "_on_" + data["type"].replace(".", "_"))(data, client_id)
         except ProtocolError as e:
             self.error(e.code, e.message, e.param, client_id)
+        except Exception:  # a bug: this event fails, and only this event; the session goes on
+            log.exception("session %s: %s failed", self.session_id, data["type"])
+            self.error("server_error", f"the server failed to handle {data['type']}", None, client_id, "server_error")
         finally:
             self._handling = None
         return None
@@ -136,7 +147,12 @@ class RealtimeAdapter:
 
     def _on_session_update(self, data: dict, cid: str | None) -> None:
         sess = self.session
-        new, errors = session_update(sess.config, data.get("session") or {})
+        # Types and ranges first (server/validation.py), then what this server can honour (server/session_config.py):
+        # each field refused gets its error, the rest applies.
+        update, problems = validation.session_update(data.get("session"), self.instructions_fit)
+        for problem in problems:
+            self.error(*problem, cid)
+        new, errors = session_update(sess.config, update)
         if new.kind != sess.config.kind:
             raise ProtocolError("invalid_value", "session.type cannot change during a session", "session.type")
         for e in errors:  # each field that cannot be honoured; the rest applies, as OpenAI does
@@ -184,6 +200,8 @@ class RealtimeAdapter:
                     raise ProtocolError("invalid_value", "audio is not valid base64",
                                         f"item.content.{i}.audio") from None
                 audio = _decode_clip(raw, self.session.config.input_format)
+                if problem := validation.clip_problem(audio, f"item.content.{i}.audio"):
+                    raise ProtocolError(*problem)
             else:
                 raise ProtocolError("invalid_value", f"content type {kind!r} is not supported for a {role} message",
                                     f"item.content.{i}.type")

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Header, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,7 @@ from models.defaults import (
     TTS_AUDIO_SAMPLING,
     TTS_VOICES,
 )
+from server import validation
 from server.app import AppState
 from server.deps import Authorized, State
 from server.errors import ApiError
@@ -178,14 +179,21 @@ class ClientSecretRequest(BaseModel):
 
 
 @router.post("/v1/realtime/client_secrets")
-async def client_secrets(body: ClientSecretRequest, state: State) -> dict:
+async def client_secrets(body: ClientSecretRequest, state: State,
+                         authorization: Annotated[str | None, Header()] = None) -> dict:
     """Mint a short-lived, single-session secret (`ek_...`) that a browser can use instead of an API key."""
     if body.session is not None:
         try:
-            apply_session_update(SessionConfig(), body.session)
+            session, problems = validation.session_update(body.session)
+            if problems:
+                raise ProtocolError(*problems[0])
+            apply_session_update(SessionConfig(), session)
         except ProtocolError as e:
             raise _invalid(e.param, e.message, e.code) from None
     ttl = (body.expires_after or {}).get("seconds")
     if ttl is not None and not (isinstance(ttl, int) and MIN_TTL_S <= ttl <= MAX_TTL_S):
         raise _invalid("expires_after.seconds", f"{MIN_TTL_S} to {MAX_TTL_S}")
+    who = state.auth.authenticate(authorization).who
+    if who is not None:  # a secret is a session to be: it counts against the key's rate of new sessions
+        state.limits.acquire(who, hold=False)
     return state.auth.mint(body.session, ttl)

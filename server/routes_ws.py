@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from server import security
 from server.audio_out import EventAudioOut
 from server.connection import Connection
 from server.deps import State
@@ -30,6 +31,7 @@ async def realtime(ws: WebSocket, state: State) -> None:
     outbox = Outbox()
     conn = Connection(state, "websocket", outbox.put, EventAudioOut)
     try:
+        security.check_origin(ws.headers, state.settings.allowed_origins + state.settings.cors_origins)
         secret_session = conn.admit(ws.headers.get("authorization"), offered)
         conn.open(secret_session)
     except Refused as r:  # nothing was allocated; say why, then close
@@ -40,7 +42,7 @@ async def realtime(ws: WebSocket, state: State) -> None:
     await ws.accept(subprotocol=subprotocol)
 
     async def close(reason: str, code: int = CLOSE_GOING_AWAY) -> None:
-        with contextlib.suppress(RuntimeError):  # already closed
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # closed already, or the client is gone
             await ws.close(code=code, reason=reason[:120])
 
     closing: list[str] = []  # the server's reason, once it closes the session (a drain)
@@ -55,6 +57,10 @@ async def realtime(ws: WebSocket, state: State) -> None:
     conn.close_hook = close_when_sent
 
     async def writer() -> None:
+        with contextlib.suppress(WebSocketDisconnect):  # the client is gone: the reader sees it and ends the session
+            await write()
+
+    async def write() -> None:
         while True:
             event = await outbox.get()
             if event is CLOSE:  # the session failed, or the server ends it: close once what came before is out

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         description="key that signs client secrets; set the same one on every replica (default: random per process)")
     client_secret_ttl_s: int = Field(CLIENT_SECRET_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S,
                                      description="default lifetime of a client secret, seconds")
+    max_sessions_per_key: int | None = Field(
+        None, ge=1, description="concurrent sessions one API key may hold (default: no limit but max_sessions)")
+    new_sessions_per_minute: int | None = Field(
+        None, ge=1, description="sessions (and client secrets) one API key may start per minute (default: no limit)")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins whose browser pages may open a Realtime WebSocket, comma-separated "
+                                          "or a JSON list, '*' for any (empty: the server's own pages only; clients "
+                                          "that send no Origin, like the SDKs, are not affected)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS, comma-separated or a JSON list (empty: no CORS)")
     ice_servers: Annotated[list[dict[str, Any]], NoDecode] = Field(
@@ -105,7 +113,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"TLS file {path!r} does not exist")
         return self
 
-    @field_validator("api_keys", "cors_origins", "webrtc_host_addresses", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_origins", "webrtc_host_addresses", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         return _split(value)
