@@ -27,8 +27,9 @@ from pathlib import Path
 
 from bench.clips import write_clips
 from bench.harness import ROOT, checkpoint, common_flags, our_worker, reference
+from bench.report import STEPS_PER_FRAME, TEXT_PER_FRAME
 
-__all__ = ["CONFIGS", "bandwidth_gbs", "bound_frames_per_s", "run", "worker"]
+__all__ = ["CONFIGS", "bandwidth_gbs", "run", "worker"]
 
 CONFIGS = {  # name: (dtype, weights, compile)
     "fp32": ("float32", "dense", False), "fp32+compile": ("float32", "dense", True),
@@ -37,7 +38,6 @@ CONFIGS = {  # name: (dtype, weights, compile)
     "int4": ("bfloat16", "int4", False), "int4+compile": ("bfloat16", "int4", True),
 }
 POSITION = 256  # backbone positions already held: a short conversation
-STEPS_PER_FRAME, TEXT_PER_FRAME = 1.5, 0.5  # interleaved chat: 6 text + 12 audio steps per 12 frames
 REPEATS = 7
 
 
@@ -147,14 +147,6 @@ def worker(args: argparse.Namespace) -> dict:
     out["model_ms_per_frame"] = model_ms
     out["python_ms"] = 1e3 / out["turn"]["decode_frames_per_s"] - model_ms
     return out
-
-
-def bound_frames_per_s(r: dict, codebooks: int = 8) -> float:
-    """Frames/s if every weight byte streamed at the measured bandwidth and nothing else took time."""
-    b = r["bytes"]
-    per_frame = (STEPS_PER_FRAME * b["backbone"] + TEXT_PER_FRAME * b["text_head"] + b["depth_linear"]
-                 + codebooks * b["depth_pass"])
-    return r["bandwidth_gbs"] * 1e9 / per_frame
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -104,10 +104,10 @@ def _kl_top1(ref: list[Tensor], cand: list[Tensor]) -> tuple[float, float, float
     return float(kl.mean()), float(kl.max()), float((p.argmax(-1) == q.argmax(-1)).float().mean())
 
 
-def _speech_frames(turn: list) -> int:
+def _speech_frames(items: list) -> int:
     """Frames spoken before the first end-of-audio frame (or the turn's end)."""
     n = 0
-    for item in turn:
+    for item in items:
         if isinstance(item, tuple):
             if item[0] == EOA:
                 break

@@ -10,7 +10,10 @@ from pathlib import Path
 from bench.clips import CLIP_SECONDS
 from models.defaults import FRAME_MS, FRAME_S
 
-__all__ = ["breakdown_markdown", "engine_markdown", "engine_plot", "single_markdown"]
+__all__ = ["STEPS_PER_FRAME", "TEXT_PER_FRAME", "bound_frames_per_s", "breakdown_markdown", "engine_markdown",
+           "engine_plot", "single_markdown"]
+
+STEPS_PER_FRAME, TEXT_PER_FRAME = 1.5, 0.5  # interleaved chat: 6 text + 12 audio steps per 12 frames
 
 REAL_TIME_FPS = 1 / FRAME_S  # audio frames per second that keep up with playback
 
@@ -107,7 +110,6 @@ def breakdown_markdown(result: dict) -> str:
     the reference."""
     import statistics
 
-    from bench.breakdown import bound_frames_per_s
 
     runs = result["runs"]
     med = statistics.median
@@ -134,3 +136,11 @@ def breakdown_markdown(result: dict) -> str:
               "8 depthformer passes) streamed at the GB/s measured in the same process. python ms/frame: a real "
               f"turn's time per frame beyond the components (real time is {FRAME_MS} ms per frame)."]
     return head + "\n".join(lines) + "\n"
+
+
+def bound_frames_per_s(r: dict, codebooks: int = 8) -> float:
+    """Frames/s if every weight byte streamed at the measured bandwidth and nothing else took time."""
+    b = r["bytes"]
+    per_frame = (STEPS_PER_FRAME * b["backbone"] + TEXT_PER_FRAME * b["text_head"] + b["depth_linear"]
+                 + codebooks * b["depth_pass"])
+    return r["bandwidth_gbs"] * 1e9 / per_frame

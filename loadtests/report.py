@@ -78,7 +78,7 @@ def markdown(doc: dict) -> str:
                 f"{th.get('max_underruns')}; p95 commit -> first audio <= {p95_ms:.0f} ms; no errors, no "
                 "rejections, every turn completed).", ""]
     out += ["## Per N", "", summary_table(runs), "",
-            "Figures per turn: " + "; ".join(f"`{k}`: {v}" for k, v in METRICS.items()) + ". End of speech is the "
+            "Figures, each turn's: " + "; ".join(f"`{k}`: {v}" for k, v in METRICS.items()) + ". End of speech is the "
             "wall time the clip's last voiced sample was sent. An underrun is the simulated speaker catching up "
             "with the audio received; gap s is the silence until more arrived. Client lag is how late the load "
             "generator's own mic clock ran (large: the client, not the server, is the bottleneck).", "",

@@ -50,7 +50,7 @@ async def run_users(scenario: Scenario, clip: Clip, url: str, *, progress: bool 
         bar.update(1)
         bar.set_postfix(underruns=seen["underruns"], refresh=False)
 
-    users = [User(i, scenario, clip, url, push_to_talk=ptt[i], barge_in=barge[i], on_turn=on_turn,
+    users = [User(i, scenario, clip, url, push_to_talk=ptt[i], barge_in=barge[i], on_turn_done=on_turn,
                   stop_at=stop_at) for i in range(scenario.users)]
 
     async def staggered(user: User, i: int) -> UserResult:

@@ -36,13 +36,13 @@ class _TurnFailed(Exception):
 
 class User:
     def __init__(self, index: int, scenario: Scenario, clip: Clip, url: str, *, push_to_talk: bool,
-                 barge_in: list[bool], on_turn: Callable[[Turn], None] = lambda t: None,
+                 barge_in: list[bool], on_turn_done: Callable[[Turn], None] = lambda t: None,
                  stop_at: float | None = None) -> None:
         self.s = scenario
         self.clip = clip
         self.url = url
         self.barge_in = barge_in  # per turn index
-        self.on_turn = on_turn
+        self.on_turn_done = on_turn_done
         self.stop_at = stop_at  # monotonic time after which no turn starts (the run's duration)
         self.result = UserResult(index, push_to_talk)
         self.speaking: Turn | None = None  # whose speech is in the input buffer (VAD events go here)
@@ -88,7 +88,7 @@ class User:
                     break
                 await self._turn(i)
             for turn in r.turns:  # every reply done, the last one played out, as a listener would
-                await self._wait(turn.got_done, "response.done", turn=turn)
+                await self._wait(turn.got_done, "response.done", of=turn)
             if r.turns:
                 await self._until(r.turns[-1].player.done_at())
         except _TurnFailed:
@@ -104,13 +104,13 @@ class User:
         prev = r.turns[-1] if r.turns else None
         barge = prev is not None and self.barge_in[i]
         if barge:  # speak once the reply has played barge_in_after_s (or sooner, if it is shorter)
-            await self._wait(prev.got_done, "the first audio", lambda: prev.first_audio is not None, turn=prev)
+            await self._wait(prev.got_done, "the first audio", lambda: prev.first_audio is not None, of=prev)
             if prev.player.start is None:  # a reply without audio: nothing to speak over
                 barge = False
             else:
                 await self._until(min(prev.player.start + self.s.barge_in_after_s, self._playback_end(prev)))
         if prev is not None and not barge:
-            await self._wait(prev.got_done, "response.done", turn=prev)
+            await self._wait(prev.got_done, "response.done", of=prev)
             await self._until(prev.player.done_at())
             await asyncio.sleep(self.s.pause_s)
         turn = Turn(r.index, i, r.push_to_talk, barge, player=Player(self.link.jitter_s))
@@ -124,11 +124,11 @@ class User:
         if r.push_to_talk:
             await self.link.send({"type": "input_audio_buffer.commit"})
             await self.link.send({"type": "response.create"})
-        await self._wait(turn.got_committed, "input_audio_buffer.committed", turn=turn)
+        await self._wait(turn.got_committed, "input_audio_buffer.committed", of=turn)
 
-    def _playback_end(self, turn: Turn) -> float:
-        end = turn.player.done_at()
-        return end if end is not None and turn.got_done.is_set() else float("inf")
+    def _playback_end(self, t: Turn) -> float:
+        end = t.player.done_at()
+        return end if end is not None and t.got_done.is_set() else float("inf")
 
     # --- events -------------------------------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class User:
         if t.status == "failed":
             t.error = f"response failed: {response.get('status_details')}"
         t.got_done.set()
-        self.on_turn(t)
+        self.on_turn_done(t)
 
     # --- barge-in -----------------------------------------------------------------------------------------------
 
@@ -252,30 +252,30 @@ class User:
     # --- bounded waits ------------------------------------------------------------------------------------------
 
     async def _wait(self, event: asyncio.Event, what: str, ready: Callable[[], bool] | None = None,
-                    turn: Turn | None = None) -> None:
+                    of: Turn | None = None) -> None:
         """Until `event` is set (or `ready()` holds), at most turn_timeout_s; a lost connection ends it early."""
         deadline = time.monotonic() + self.s.turn_timeout_s
         while not (event.is_set() or (ready is not None and ready())):
             if self.link.closed.is_set():
-                self._fail(turn, f"waiting for {what}: {self.link.close_reason or 'closed'}")
+                self._fail(of, f"waiting for {what}: {self.link.close_reason or 'closed'}")
             left = deadline - time.monotonic()
             if left <= 0:
-                self._fail(turn, f"timed out after {self.s.turn_timeout_s:.0f} s waiting for {what}")
+                self._fail(of, f"timed out after {self.s.turn_timeout_s:.0f} s waiting for {what}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(left, 0.05 if ready is not None else 0.5))
 
-    async def _wait_future(self, future: asyncio.Future, what: str, turn: Turn) -> float:
+    async def _wait_future(self, future: asyncio.Future, what: str, of: Turn) -> float:
         try:
             return await asyncio.wait_for(future, self.s.clip_s + self.s.turn_timeout_s)
         except TimeoutError:
-            self._fail(turn, f"timed out waiting for {what}")
+            self._fail(of, f"timed out waiting for {what}")
 
     async def _until(self, when: float | None) -> None:
         if when is not None and when != float("inf"):
             await asyncio.sleep(max(0.0, when - time.monotonic()))
 
-    def _fail(self, turn: Turn | None, why: str):
-        if turn is not None and turn.error is None:
-            turn.error = why
+    def _fail(self, of: Turn | None, why: str):
+        if of is not None and of.error is None:
+            of.error = why
         self.result.errors.append(why)
         raise _TurnFailed(why)

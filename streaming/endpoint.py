@@ -260,7 +260,7 @@ class SemanticTurnDetector:
         self._audio_end = 0  # sample index (on the timeline) just after _audio
         self._turn_start_ms: int | None = None
         self._speech_end_ms = 0
-        self._asked = 0  # judgements asked for in this turn: an answer to an older one is stale
+        self._asked = 0  # judgements asked for in the current turn; an answer to an older one is stale
         self._pending: tuple[int, int, Future] | None = None  # (question, probe, answer) in the background
         self._deadline_ms: int | None = None  # the turn ends at this point of silence unless speech resumes
         self._next_probe: int | None = None  # index into PROBES_MS of the question still to ask

@@ -13,19 +13,27 @@ sees the items that have one, in the conversation's order.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from models.conversation import Conversation, Item, Segment
 from models.defaults import frames_in_ms
 from models.generation import Modality
-from streaming.messages import Cancel, Close, ItemCreated, Respond, ResponseRequest, Transcribe
-
-if TYPE_CHECKING:
-    from streaming.engine import Engine
+from models.tokenizer import TextTokenizer
+from streaming.messages import Cancel, Close, Command, ItemCreated, Respond, ResponseRequest, Transcribe
 
 __all__ = ["EngineSession"]
+
+
+class Engine(Protocol):
+    """What a handle needs of streaming.engine.Engine (which imports this module)."""
+
+    tokenizer: TextTokenizer
+
+    def submit(self, command: Command) -> None: ...
+
+    def withdraw(self, session: int, command: Command) -> None: ...
 
 
 class EngineSession:

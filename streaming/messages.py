@@ -18,7 +18,6 @@ from models.defaults import CHAT_AUDIO_SAMPLING, RESPONSE_TOKENS, TEXT_SAMPLING
 
 if TYPE_CHECKING:
     from models.conversation import Item
-    from streaming.handle import EngineSession
 
 __all__ = [
     "AudioDelta", "Cancel", "Close", "Command", "EngineFull", "EngineStats", "Event", "ItemAdded", "ItemCreated",
@@ -87,7 +86,7 @@ class Timings:
 class Open:
     session: int
     sink: Callable[[Event], None]
-    handle: EngineSession  # its conversation
+    handle: object  # its streaming.handle.EngineSession (not imported: that module imports this one)
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ class Session:
                 self._on_vad(ev)
 
     def _set_instructions(self, text: str, tools: tuple[Tool, ...] | None = None) -> None:
-        """The system turn: instructions and the tool list (the session's, unless given)."""
+        """The system prompt item: instructions and the tool list (the session's, unless given)."""
         cfg = self.config
         text = ASR_PROMPT if cfg.kind == "transcription" else system_prompt(
             text, cfg.tools if tools is None else tools, cfg.tool_choice)

@@ -1,6 +1,6 @@
 """Function calling in LFM2's own format (the LFM2 chat template, docs/api.md "Function calling"):
 
-    system turn:  {instructions}\\nList of tools: <|tool_list_start|>[{tool JSON}, ...]<|tool_list_end|>
+    the system item: {instructions}\\nList of tools: <|tool_list_start|>[{tool JSON}, ...]<|tool_list_end|>
     a call:       <|tool_call_start|>[name(arg="value", n=1)]<|tool_call_end|>   (Pythonic, in the assistant turn)
     an output:    <|im_start|>tool\\n<|tool_response_start|>{output}<|tool_response_end|><|im_end|>
 
