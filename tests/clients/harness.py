@@ -63,25 +63,9 @@ class TlsServer(ServerProcess):
         super().__init__(model, tmp, args=[*args, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)])
         self.cert = cert
         self.trust = ssl.create_default_context(cafile=str(cert))  # what a client given the certificate checks
+        self.verify = self.trust
         self.base = f"https://127.0.0.1:{self.port}"
         self.ws = f"wss://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> TlsServer:
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.__exit__()
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1, verify=self.trust).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError("server did not become ready:\n" + self.log()[-3000:])
 
     def metrics(self) -> str:
         return httpx.get(self.base + "/metrics", timeout=5, verify=self.trust).text

@@ -16,12 +16,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,7 +28,7 @@ from loadtests.clips import speech_clip
 from loadtests.scenario import Scenario
 from loadtests.user import User
 from server.drain import CLOSE_REASON
-from tests.deploy.test_nginx import nginx_in_front
+from tests.deploy.test_nginx import nginx_in_front, replicas
 from tests.server.harness import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -70,19 +67,6 @@ class TracedUser(User):
     def close(self) -> tuple[int | None, str]:
         ws = self.link._ws
         return ws.close_code, ws.close_reason
-
-
-@contextlib.contextmanager
-def replicas(tiny_dir: Path, tmp: Path, n: int):
-    servers = [ServerProcess(tiny_dir, tmp, args=["--shutdown-grace-s", str(GRACE_S)]) for _ in range(n)]
-    with contextlib.ExitStack() as stack:
-        with ThreadPoolExecutor(n) as pool:
-            started = [pool.submit(s.__enter__) for s in servers]
-        for server in servers:
-            stack.callback(server.__exit__)
-        for future in started:
-            future.result()
-        yield servers
 
 
 def replica_of(user: TracedUser, servers: list[ServerProcess]) -> int:
@@ -180,7 +164,8 @@ def underruns(turns) -> tuple[int, int]:
 
 
 def test_drain_and_kill_behind_nginx(tiny_dir, tmp_path):
-    with replicas(tiny_dir, tmp_path, 3) as servers, nginx_in_front(tmp_path, servers) as port:
+    args = ["--shutdown-grace-s", str(GRACE_S)]
+    with replicas(tiny_dir, tmp_path, 3, args) as servers, nginx_in_front(tmp_path, servers) as port:
         t0 = time.monotonic()
         seen = asyncio.run(drill(servers, port))
         wall_s = time.monotonic() - t0

@@ -90,9 +90,9 @@ def requests_seen(server: ServerProcess, method: str, path: str) -> int:
 
 
 @contextlib.contextmanager
-def replicas(tiny_dir: Path, tmp: Path, n: int):
-    """n servers, started side by side."""
-    servers = [ServerProcess(tiny_dir, tmp) for _ in range(n)]
+def replicas(tiny_dir: Path, tmp: Path, n: int, args: list[str] = ()):
+    """n servers (each with `args`), started side by side."""
+    servers = [ServerProcess(tiny_dir, tmp, args=list(args)) for _ in range(n)]
     with contextlib.ExitStack() as stack:
         with ThreadPoolExecutor(n) as pool:
             started = [pool.submit(s.__enter__) for s in servers]

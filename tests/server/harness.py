@@ -32,6 +32,7 @@ class ServerProcess:
                     "--max-sessions", "3", "--max-context", "1024", *args]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self.verify: object = True  # how the readiness probe checks TLS (a subclass serving https sets it)
 
     def __enter__(self) -> ServerProcess:
         self._log = open(self.log_path, "w")
@@ -41,7 +42,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(self.base + "/readyz", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
