@@ -29,7 +29,8 @@ from models.random_checkpoint import MIMI_FILE, RANDOM_MARKER
 from models.tokenizer import TextTokenizer
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "default_dtype", "load_checkpoint", "load_strict", "resolve", "tensors_digest",
+    "Checkpoint", "CheckpointError", "CheckpointHeader", "default_dtype", "load_checkpoint", "load_dtype",
+    "load_header", "load_strict", "resolve", "tensors_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ class Checkpoint:
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def load_dtype(device: torch.device | str, dtype: torch.dtype | None, weights: str) -> torch.dtype:
+    """The weights' dtype when none is asked for: bf16 activations under quantized weights, else the device's."""
+    return dtype or (torch.bfloat16 if weights != "dense" else default_dtype(device))
 
 
 def resolve(model: str | Path, *, revision: str | None = None) -> Path:
@@ -113,6 +119,37 @@ def _few(names: list[str]) -> str:
     return "[]" if not names else f"{names[:5]}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
+@dataclass
+class CheckpointHeader:
+    """What schedules a model's work without running it: config, tokenizer, where it lives. The weights
+    stay wherever the runner loads them (streaming/worker.py: another process)."""
+
+    directory: Path
+    config: AudioModelConfig
+    tokenizer: TextTokenizer
+    random: dict | None
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+
+def load_header(model: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                weights: str = "dense") -> CheckpointHeader:
+    """The checks load_checkpoint makes before it reads a weight, and the config and tokenizer."""
+    directory = resolve(model)
+    check_weights(weights, load_dtype(device, dtype, weights), device)
+    cfg = AudioModelConfig.from_checkpoint(directory)
+    for required in ("model.safetensors", "tokenizer.json"):
+        if not (directory / required).is_file():
+            raise CheckpointError(f"{directory}: {required} is missing")
+    if not (directory / MIMI_FILE).is_file() and not (directory / "audio_detokenizer" / "model.safetensors").is_file():
+        raise CheckpointError(f"{directory}: no audio decoder found (need {MIMI_FILE} or audio_detokenizer/)")
+    marker = directory / RANDOM_MARKER
+    return CheckpointHeader(directory, cfg, TextTokenizer.from_dir(directory),
+                            json.loads(marker.read_text()) if marker.is_file() else None)
+
+
 def load_checkpoint(
     model: str | Path,
     *,
@@ -124,13 +161,9 @@ def load_checkpoint(
     """Load the model, tokenizer and whichever of the requested audio decoders the directory has.
     The decoders always run in fp32 (as the reference runs them). weights: "dense", or "int8"/"int4"
     for the decode path's linear layers (models/quant.py; bf16 activations, CPU)."""
-    directory = resolve(model)
-    dtype = dtype or (torch.bfloat16 if weights != "dense" else default_dtype(device))
-    check_weights(weights, dtype, device)
-    cfg = AudioModelConfig.from_checkpoint(directory)
-    for required in ("model.safetensors", "tokenizer.json"):
-        if not (directory / required).is_file():
-            raise CheckpointError(f"{directory}: {required} is missing")
+    header = load_header(model, device=device, dtype=dtype, weights=weights)
+    directory, cfg = header.directory, header.config
+    dtype = load_dtype(device, dtype, weights)
     with torch.device("meta"):
         net = LFM2AudioModel(cfg)
     load_strict(net, directory / "model.safetensors", device=device, dtype=dtype)
@@ -157,9 +190,7 @@ def load_checkpoint(
     if codec is None and detok is None:
         raise CheckpointError(f"{directory}: no audio decoder found (need {MIMI_FILE} or audio_detokenizer/)")
 
-    marker = directory / RANDOM_MARKER
-    random = json.loads(marker.read_text()) if marker.is_file() else None
-    return Checkpoint(directory, cfg, net, TextTokenizer.from_dir(directory), codec, detok, random)
+    return Checkpoint(directory, cfg, net, header.tokenizer, codec, detok, header.random)
 
 
 def _check_ties(net: LFM2AudioModel, cfg: AudioModelConfig) -> None:

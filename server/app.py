@@ -71,18 +71,43 @@ def load_engine(settings: Settings) -> Loaded:
     from models.random_checkpoint import embedded_default
 
     source = settings.model or embedded_default()
-    ckpt = load_checkpoint(source, device=settings.device, dtype=getattr(torch, settings.dtype) if settings.dtype
-                           else None, weights=settings.weights)
-    return engine_for(ckpt, settings)
+    dtype = getattr(torch, settings.dtype) if settings.dtype else None
+    if not settings.runner_process:
+        return engine_for(load_checkpoint(source, device=settings.device, dtype=dtype, weights=settings.weights),
+                          settings)
+    from models.checkpoint import load_header
+    from streaming.runner import model_threads
+    from streaming.worker import ProcessRunner, RunnerSpec
+
+    header = load_header(source, device=settings.device, dtype=dtype, weights=settings.weights)
+    config = engine_config(settings)
+    runner = ProcessRunner(RunnerSpec(  # it loads the weights while this process builds the engine
+        str(header.directory), settings.device, settings.dtype, settings.weights, config.max_sessions,
+        config.max_context, config.decoder, config.compile, config.static_batch,
+        model_threads(header.config.lfm.hidden_size, config.threads)))
+    try:
+        return _loaded(header, settings, runner)
+    except BaseException:
+        runner.close()
+        raise
+
+
+def engine_config(settings: Settings):
+    from streaming.engine import EngineConfig
+
+    return EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
+                        prefill_budget=settings.prefill_budget, decoder=settings.decoder, compile=settings.compile)
 
 
 def engine_for(ckpt, settings: Settings) -> Loaded:
-    """An engine, sized by the settings, on a loaded checkpoint (models.checkpoint.Checkpoint)."""
-    from streaming.engine import Engine, EngineConfig
+    """An engine, sized by the settings, on a loaded checkpoint (models.checkpoint.Checkpoint), in this process."""
+    return _loaded(ckpt, settings, None)
 
-    engine = Engine(ckpt, EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
-                                       prefill_budget=settings.prefill_budget, decoder=settings.decoder,
-                                       compile=settings.compile))
+
+def _loaded(ckpt, settings: Settings, runner) -> Loaded:
+    from streaming.engine import Engine
+
+    engine = Engine(ckpt, engine_config(settings), runner=runner)
     return Loaded(engine, ckpt.directory.name, engine.runner.decoder_name, ckpt.random is not None,
                   str(ckpt.directory))
 

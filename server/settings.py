@@ -65,6 +65,8 @@ class Settings(BaseSettings):
                                                                   "decode)")
     decoder: Literal[DECODERS] = Field(DECODERS[0], description="speech detokenizer")
     compile: bool = Field(False, description="torch.compile the decode step (slow start, faster steps)")
+    runner_process: bool = Field(True, description="run the model in a process of its own (the GIL then never "
+                                                   "slows a decode step; --no-runner-process: one process)")
     # repr=False: settings get logged, keys must not be
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False,

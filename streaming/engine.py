@@ -13,6 +13,7 @@ tensor) -> update the responses from the result (streaming/response.py) -> fan t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -24,11 +25,11 @@ from typing import Literal
 
 import torch
 
-from models.checkpoint import Checkpoint
+from models.checkpoint import Checkpoint, CheckpointHeader
 from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
 from streaming.handle import EngineSession
 from streaming.messages import Command, EngineStats, Event, Open, SessionFailed
-from streaming.runner import Runner
+from streaming.runner import Runner, StepPlan, StepResult, model_threads
 from streaming.scheduler import Headroom, Policy, Scheduler
 from streaming.slots import Slots
 
@@ -62,8 +63,10 @@ STATS_KEPT = 10_000  # samples kept between two drains (a server nobody scrapes 
 
 
 class Engine:
-    def __init__(self, ckpt: Checkpoint, config: EngineConfig | None = None, runner: Runner | None = None) -> None:
-        """`runner`: the model work (tests pass a scripted one); by default a Runner on `ckpt`."""
+    def __init__(self, ckpt: Checkpoint | CheckpointHeader, config: EngineConfig | None = None,
+                 runner: Runner | None = None) -> None:
+        """`runner`: the model work (a ProcessRunner, or a scripted one in tests); by default a Runner on
+        `ckpt` (which then needs its weights)."""
         self.ckpt = ckpt
         self.config = cfg = config or EngineConfig()
         self.tokenizer = ckpt.tokenizer
@@ -97,6 +100,9 @@ class Engine:
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        close = getattr(self.runner, "close", None)  # a runner in another process (streaming/worker.py)
+        if close is not None:
+            close()
 
     def run_until_idle(self) -> None:
         """Run iterations on the calling thread until every command is applied and no work is left (a
@@ -151,11 +157,7 @@ class Engine:
 
     # ---- the loop
     def _set_threads(self) -> None:
-        threads = self.config.threads
-        if threads is None and self.ckpt.config.lfm.hidden_size < 1024:
-            # Measured: a small model's ops are too short to gain from a second thread, and from this
-            # thread the OpenMP hand-offs made each step about 3x slower.
-            threads = 1
+        threads = model_threads(self.ckpt.config.lfm.hidden_size, self.config.threads)
         if threads:
             torch.set_num_threads(threads)
 
@@ -188,6 +190,8 @@ class Engine:
         except BaseException as e:  # a bug in the engine itself: fail every session, report not ready
             log.exception("engine thread died")
             self.error = e
+            with contextlib.suppress(Exception):  # sessions opened meanwhile hear it too
+                self._drain(block=False)
             self.slots.fail_all(f"engine failure: {e!r}")
             self._fan_out()
 
@@ -206,7 +210,8 @@ class Engine:
 
     def _iterate(self) -> None:
         plan = self.slots.schedule()
-        result = self.runner.step(plan)
+        # Nothing for the runner (a round trip, when it is another process); the update still finishes responses.
+        result = self.runner.step(plan) if plan != StepPlan() else StepResult()
         self.slots.update(plan, result)
         with self._stats_lock:
             s = self._stats

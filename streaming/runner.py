@@ -30,7 +30,7 @@ from models.mel import log_mel
 from models.sampling import SamplingParams
 from models.speech import SpeechDecoder, is_speech, pick_decoder
 
-__all__ = ["Decode", "Prefill", "Runner", "Start", "StepPlan", "StepResult"]
+__all__ = ["Decode", "Prefill", "Runner", "Start", "StepPlan", "StepResult", "model_threads"]
 
 log = logging.getLogger(__name__)
 Value = int | tuple[int, ...]  # a text token or an audio frame's codes
@@ -84,6 +84,15 @@ class StepResult:
     failed: dict[int, str] = field(default_factory=dict)
     prefill_seconds: list[float] = field(default_factory=list)
     decode_seconds: float | None = None  # the decode step and its speech
+
+
+def model_threads(hidden_size: int, configured: int | None = None) -> int | None:
+    """Torch threads for the model work (None: torch's default)."""
+    if configured is None and hidden_size < 1024:
+        # Measured: a small model's ops are too short to gain from a second thread, and from the engine's
+        # thread the OpenMP hand-offs made each step about 3x slower.
+        return 1
+    return configured
 
 
 class Runner:
