@@ -258,6 +258,11 @@ class Session:
              after: str | None = None) -> None:
         self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after, view=item)
 
+    def _duplicate(self, item_id: str, event_id: str | None) -> None:
+        # OpenAI's code and text (clients match on the code: LiveKit takes it as "the item is there already")
+        self.emit(SessionError("item_create_duplicate_item_id",
+                               f"Error adding item: an item with id '{item_id}' already exists.", "item.id", event_id))
+
     def create_function_item(self, kind: str, *, call_id: str, name: str | None = None, arguments: str = "",
                              output: str = "", item_id: str | None = None, previous_item_id: str | None = None,
                              event_id: str | None = None) -> ConvItem | None:
@@ -282,7 +287,7 @@ class Session:
         """A message item (or, with `view`, a function item whose model text is `text`)."""
         item_id = item_id or new_id("item")
         if self.item(item_id) is not None:
-            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            self._duplicate(item_id, event_id)
             return None
         if previous_item_id is not None and previous_item_id != "root" and self.item(previous_item_id) is None:
             self.emit(SessionError("item_not_found", f"no item {previous_item_id!r}", "previous_item_id", event_id))
@@ -302,7 +307,7 @@ class Session:
         try:
             self._add(item, audio=audio, text=text, after=after)
         except ValueError:  # an item the client does not see (the instructions)
-            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            self._duplicate(item_id, event_id)
             return None
         self.emit(ItemEvent("added", item, previous))
         if audio is not None and role == "user" and self.config.transcribe_input:
