@@ -5,11 +5,15 @@ process, on the scripted runner (its prefills are what the model was fed)."""
 
 from __future__ import annotations
 
+import base64
+
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from server.app import Loaded, create_app
 from server.settings import Settings
+from streaming.audio import float_to_pcm16
 from streaming.engine import Engine, EngineConfig
 from tests.server.test_compat import Conn, Model
 
@@ -110,3 +114,14 @@ def test_references_follow_the_conversations_order(conn):
         {"type": "item_reference", "id": second}, {"type": "item_reference", "id": first}]}})
     err = conn.until("error")["error"]
     assert err["param"] == "response.input.1.id" and "order" in err["message"]
+
+
+def test_an_inline_clip_is_encoded_for_the_response(app, conn):
+    _, model = app
+    pcm = float_to_pcm16(0.1 * np.sin(np.arange(7_200) / 5)).tobytes()  # 300 ms at 24 kHz: over the 100 ms floor
+    encodes = sum(len(p.encode) for p in model.runner.plans)
+    conn.send({"type": "response.create", "response": {"conversation": "none", "max_output_tokens": 3, "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_audio",
+                                                         "audio": base64.b64encode(pcm).decode()}]}]}})
+    assert conn.until("response.done")["response"]["status"] in ("completed", "incomplete")
+    assert not conn.of("error") and sum(len(p.encode) for p in model.runner.plans) == encodes + 1
