@@ -20,7 +20,8 @@ BUILD_LABELS = ("version", "model", "decoder", "device")
 # The codes of the error events the server sends (server/realtime.py, streaming/session.py): series from the start
 ERROR_CODES = ("invalid_json", "invalid_event", "invalid_event_type", "invalid_value", "event_too_large",
                "input_audio_buffer_overflow", "input_audio_buffer_commit_empty",
-               "conversation_already_has_active_response", "response_cancel_not_active", "item_exists",
+               "conversation_already_has_active_response", "response_cancel_not_active",
+               "item_create_duplicate_item_id",
                "item_not_found", "invalid_request", "server_error")
 
 # Buckets fit to each range. A model frame is 80 ms: a decode step must stay well under it.

@@ -131,7 +131,7 @@ class RealtimeAdapter:
         error, as OpenAI does); any other invalid event is refused whole."""
         for _ in range(MAX_INVALID_FIELDS):
             try:
-                model.model_validate(data)
+                model.model_validate(validation.references_as_messages(data))
                 return True
             except ValidationError as e:
                 err = e.errors()[0]
@@ -187,6 +187,11 @@ class RealtimeAdapter:
             return
         if item.get("type") != "message":
             raise ProtocolError("invalid_value", f"item type {item.get('type')!r} is not supported", "item.type")
+        text, audio = self._message_content(item, "item")
+        self.session.create_item(item.get("role"), text=text, audio=audio, **where)
+
+    def _message_content(self, item: dict, where: str) -> tuple[str | None, np.ndarray | None]:
+        """A message item's text and user clip (16 kHz); ProtocolError names the part (`where`: the item's param)."""
         role = item.get("role")
         text, audio = [], None
         for i, part in enumerate(item.get("content") or []):
@@ -198,16 +203,16 @@ class RealtimeAdapter:
                     raw = base64.b64decode(part.get("audio") or "", validate=True)
                 except (binascii.Error, ValueError):
                     raise ProtocolError("invalid_value", "audio is not valid base64",
-                                        f"item.content.{i}.audio") from None
+                                        f"{where}.content.{i}.audio") from None
                 audio = _decode_clip(raw, self.session.config.input_format)
-                if problem := validation.clip_problem(audio, f"item.content.{i}.audio"):
+                if problem := validation.clip_problem(audio, f"{where}.content.{i}.audio"):
                     raise ProtocolError(*problem)
             else:
                 raise ProtocolError("invalid_value", f"content type {kind!r} is not supported for a {role} message",
-                                    f"item.content.{i}.type")
+                                    f"{where}.content.{i}.type")
         if not text and audio is None:
-            raise ProtocolError("invalid_value", "the message has no content", "item.content")
-        self.session.create_item(role, text="".join(text) if text else None, audio=audio, **where)
+            raise ProtocolError("invalid_value", "the message has no content", f"{where}.content")
+        return ("".join(text) if text else None), audio
 
     def _on_conversation_item_truncate(self, data: dict, cid: str | None) -> None:
         self.session.truncate(data["item_id"], data["content_index"], data["audio_end_ms"], cid)
@@ -219,7 +224,31 @@ class RealtimeAdapter:
         self.session.retrieve_item(data["item_id"], cid)
 
     def _on_response_create(self, data: dict, cid: str | None) -> None:
-        self.session.create_response(**response_params(data.get("response") or {}), event_id=cid)
+        params = data.get("response") or {}
+        args = response_params(params)
+        if params.get("input") is not None:
+            if args["in_conversation"]:
+                raise ProtocolError("invalid_value", "response.input (a context of its own) is supported for an "
+                                    "out-of-band response: set conversation to \"none\"", "response.input")
+            args["context"] = self._response_input(params["input"])
+        self.session.create_response(**args, event_id=cid)
+
+    def _response_input(self, entries: list) -> list:
+        """response.input -> Session.create_response's `context`: an item id per reference, (role, text, clip)
+        per message given inline."""
+        context: list = []
+        for i, entry in enumerate(entries):
+            where = f"response.input.{i}"
+            if entry.get("type") == "item_reference":
+                if not isinstance(entry.get("id"), str) or not entry["id"]:
+                    raise ProtocolError("invalid_value", "an item_reference needs the id of an item", where + ".id")
+                context.append(entry["id"])
+            elif entry.get("type") == "message":
+                context.append((entry.get("role"), *self._message_content(entry, where)))
+            else:
+                raise ProtocolError("invalid_value", f"item type {entry.get('type')!r} is not supported in "
+                                    "response.input (item references and messages are)", where + ".type")
+        return context
 
     def _on_response_cancel(self, data: dict, cid: str | None) -> None:
         self.session.cancel_response("client_cancelled", cid)
@@ -392,8 +421,6 @@ def response_params(params: dict) -> dict:
     if conversation not in ("auto", "none"):
         raise ProtocolError("invalid_value", "conversation must be auto or none", "response.conversation")
     out["in_conversation"] = conversation == "auto"
-    if params.get("input") is not None:
-        out["context"] = params["input"]
     if params.get("tools") is not None:
         try:
             out["tools"] = parse_tools(params["tools"])

@@ -22,7 +22,7 @@ from models.generation import Modality
 from streaming.session import MIN_COMMIT_MS
 
 __all__ = ["MAX_DEPTH", "SEED_RANGE", "Problem", "byte_size", "clip_problem", "instructions_problem",
-           "raw_event_id", "session_update", "too_deep"]
+           "raw_event_id", "references_as_messages", "session_update", "too_deep"]
 
 MAX_DEPTH = 32  # JSON nesting: the deepest event the protocol defines is under 10 levels
 SEED_RANGE = (0, 2 ** 64 - 1)  # what torch.Generator.manual_seed accepts
@@ -155,3 +155,19 @@ def clip_problem(pcm: np.ndarray, param: str) -> Problem | None:
         return None
     return Problem("invalid_value", f"audio too short: expected at least {MIN_COMMIT_MS} ms, have {have_ms:.0f} ms",
                    param)
+
+
+_PLACEHOLDER = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": ""}]}
+
+
+def references_as_messages(data: dict) -> dict:
+    """What the SDK's type checks of an event: its ResponseCreateEvent lacks the item references that
+    response.input may hold (its request params type has them), so each stands in as a message (indices stay the
+    same) and the adapter checks it."""
+    response = data.get("response") if data.get("type") == "response.create" else None
+    entries = response.get("input") if isinstance(response, dict) else None
+    if not isinstance(entries, list) or not any(
+            isinstance(e, dict) and e.get("type") == "item_reference" for e in entries):
+        return data
+    swapped = [_PLACEHOLDER if isinstance(e, dict) and e.get("type") == "item_reference" else e for e in entries]
+    return {**data, "response": {**response, "input": swapped}}

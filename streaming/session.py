@@ -98,6 +98,7 @@ class Session:
         self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
         self._vad_origin_ms = 0  # session ms where the detector's own timeline starts
         self._next_response: dict | None = None  # requested while an interrupted one winds down
+        self._contexts: dict[str, tuple[list, list[str]]] = {}  # response id -> (items hidden, items added)
         self._instructions_added = False
         self.input_audio_s = 0.0
         self._set_instructions(self.config.instructions)
@@ -257,6 +258,11 @@ class Session:
              after: str | None = None) -> None:
         self.handle.add_item(item.id, item.role, text=text, audio=audio, after=after, view=item)
 
+    def _duplicate(self, item_id: str, event_id: str | None) -> None:
+        # OpenAI's code and text (clients match on the code: LiveKit takes it as "the item is there already")
+        self.emit(SessionError("item_create_duplicate_item_id",
+                               f"Error adding item: an item with id '{item_id}' already exists.", "item.id", event_id))
+
     def create_function_item(self, kind: str, *, call_id: str, name: str | None = None, arguments: str = "",
                              output: str = "", item_id: str | None = None, previous_item_id: str | None = None,
                              event_id: str | None = None) -> ConvItem | None:
@@ -281,7 +287,7 @@ class Session:
         """A message item (or, with `view`, a function item whose model text is `text`)."""
         item_id = item_id or new_id("item")
         if self.item(item_id) is not None:
-            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            self._duplicate(item_id, event_id)
             return None
         if previous_item_id is not None and previous_item_id != "root" and self.item(previous_item_id) is None:
             self.emit(SessionError("item_not_found", f"no item {previous_item_id!r}", "previous_item_id", event_id))
@@ -301,7 +307,7 @@ class Session:
         try:
             self._add(item, audio=audio, text=text, after=after)
         except ValueError:  # an item the client does not see (the instructions)
-            self.emit(SessionError("item_exists", f"an item with id {item_id!r} exists", "item.id", event_id))
+            self._duplicate(item_id, event_id)
             return None
         self.emit(ItemEvent("added", item, previous))
         if audio is not None and role == "user" and self.config.transcribe_input:
@@ -349,8 +355,8 @@ class Session:
                         in_conversation: bool = True, tools: tuple[Tool, ...] | None = None,
                         context: list | None = None) -> Response | None:
         """A response to the conversation so far. `instructions` and `tools` replace the session's for this one
-        response; out of the conversation (`in_conversation` False), what it says is not kept. `context` (items
-        in place of the conversation) is not supported yet."""
+        response; out of the conversation (`in_conversation` False), what it says is not kept, and `context`
+        (item ids, and (role, text, clip) messages) can stand in for the conversation."""
         if self.config.kind == "transcription":
             self.emit(SessionError("invalid_request", "a transcription session does not create responses",
                                    None, event_id))
@@ -358,9 +364,8 @@ class Session:
         params = {"max_output_tokens": max_output_tokens, "output_audio": output_audio, "event_id": event_id,
                   "speech_end": speech_end, "instructions": instructions, "metadata": metadata,
                   "in_conversation": in_conversation, "tools": tools, "context": context}
-        if context is not None:
-            self.emit(SessionError("invalid_value", "response.input (a context of its own) is not supported yet; "
-                                   "omit it to answer the conversation", "response.input", event_id))
+        if context is not None and (problem := self._context_problem(context)):
+            self.emit(SessionError(*problem, event_id))
             return None
         if self.response is not None and self.response.cancel_requested:
             # The interrupted response is still winding down in the engine: start right after it.
@@ -385,6 +390,8 @@ class Session:
             self.responses.pop(next(iter(self.responses)))
         if r.own_instructions:  # put back when it is done
             self._set_instructions(self.config.instructions if instructions is None else instructions, tools)
+        if context is not None:
+            self._isolate(r.id, context)
         cfg = self.config
         self.handle.respond(m.ResponseRequest(
             r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
@@ -392,6 +399,56 @@ class Session:
             view=item if in_conversation else None)
         self.emit(ResponseStarted(r))
         return r
+
+    # ---- a response's own context (response.input): the conversation with only those items laid out
+    def _context_problem(self, context: list) -> tuple[str, str, str] | None:
+        """Why a context cannot be honoured: (code, message, param), or None."""
+        with self.handle.lock:
+            order = {it.id: i for i, it in enumerate(self.handle.conversation.items)}
+        last = -1
+        for i, entry in enumerate(context):
+            if isinstance(entry, str):
+                item, where = self.item(entry), f"response.input.{i}.id"
+                if item is None:
+                    return "item_not_found", f"no item {entry!r} to reference", where
+                if item.type != "message":
+                    return "invalid_value", f"a {item.type} item cannot be referenced (messages can)", where
+                if order[entry] < last:
+                    return "invalid_value", "item references must follow the conversation's order", where
+                last = order[entry]
+        return None
+
+    def _isolate(self, response_id: str, context: list) -> None:
+        """Lay out only the instructions and `context` for this response: inline messages join as items of
+        their own, placed where they stand among the references (no view: never shown to the client); every
+        other item is hidden until the response is done. The row is rebuilt, now and after."""
+        anchor, added = INSTRUCTIONS_ID, []
+        for entry in context:
+            if not isinstance(entry, str):
+                role, text, audio = entry
+                entry = new_id("ctx")
+                self.handle.add_item(entry, role, text=text, audio=audio, after=anchor)
+                added.append(entry)
+            anchor = entry
+        keep = {INSTRUCTIONS_ID, *(e for e in context if isinstance(e, str)), *added}
+        with self.handle.lock:
+            hidden = [it for it in self.handle.conversation.items if it.id not in keep and not it.hidden]
+            for it in hidden:
+                it.hidden = True
+            self.handle.conversation.stale = True
+        self._contexts[response_id] = (hidden, added)
+
+    def _restore(self, response_id: str) -> None:
+        if response_id not in self._contexts:
+            return
+        hidden, added = self._contexts.pop(response_id)
+        for item_id in added:
+            with contextlib.suppress(KeyError):
+                self.handle.delete_item(item_id)
+        with self.handle.lock:
+            for it in hidden:
+                it.hidden = False
+            self.handle.conversation.stale = True
 
     def cancel_response(self, reason: str = "client_cancelled", event_id: str | None = None,
                         quiet: bool = False) -> None:
@@ -503,6 +560,7 @@ class Session:
         if not r.in_conversation:
             with contextlib.suppress(KeyError):  # out of band: not kept (KeyError: gone already)
                 self.handle.delete_item(r.item.id)
+            self._restore(r.id)
         if r.own_instructions:
             self._set_instructions(self.config.instructions)
         self.emit(ResponseDone(r))

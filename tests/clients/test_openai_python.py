@@ -1,5 +1,6 @@
 """openai-python (the project's dev extra), unmodified, against a real server: a spoken turn under server VAD,
-response.create with instructions and metadata, a text turn, barge-in and truncate, OpenAI's cancel error."""
+response.create with instructions and metadata, a text turn, an out-of-band response on its own input (an item
+reference and an inline message), barge-in and truncate, OpenAI's cancel error."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def test_openai_python_realtime(server, speech_wav):
     assert found["spoken"]["status"] in ("completed", "incomplete")
     assert found["instructions"]["created_metadata"] == {"tag": "greet"} == found["instructions"]["done_metadata"]
     assert found["text"]["modalities"] == ["text"]
+    assert found["out_of_band"] == {**found["out_of_band"], "conversation_id": None}
+    assert found["out_of_band"]["status"] in ("completed", "incomplete")
     assert found["barge_in"] == {**found["barge_in"], "status": "cancelled", "reason": "turn_detected",
                                  "truncated": True}
     assert found["cancel_error"] == {"code": "response_cancel_not_active",

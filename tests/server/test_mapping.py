@@ -222,9 +222,11 @@ def test_items_are_placed_deleted_and_retrieved(tiny):
     assert retrieved["id"] == "c" and retrieved["content"] == [{"type": "input_text", "text": "after a"}]
     assert deleted["item_id"] == "b"
     assert [(e["code"], e["param"], e["event_id"]) for e in refused] == [
-        ("item_not_found", "item_id", "e0"), ("item_not_found", "item_id", "e1"), ("item_exists", "item.id", "e2"),
-        ("item_exists", "item.id", "e3"), ("item_not_found", "previous_item_id", "e4"),
+        ("item_not_found", "item_id", "e0"), ("item_not_found", "item_id", "e1"),
+        ("item_create_duplicate_item_id", "item.id", "e2"), ("item_create_duplicate_item_id", "item.id", "e3"),
+        ("item_not_found", "previous_item_id", "e4"),
         ("invalid_value", "item.content", "e5"), ("invalid_value", "item.content.0.type", "e6")]
+    assert refused[2]["message"] == "Error adding item: an item with id 'a' already exists."  # OpenAI's text
     user = next(e for e in placed if e["item"]["role"] == "user" and e["item"]["content"][0]["text"] == "last")
     assistant = rt.of("conversation.item.added", previous_item_id=user["item"]["id"])
     assert assistant and assistant[0]["item"]["id"] == done["response"]["output"][0]["id"]

@@ -41,7 +41,7 @@ async def main(base: str, key: str, wav: str) -> None:
         # 1. a spoken turn: server VAD commits it and answers
         t0 = time.monotonic()
         await send_audio(speech + silence(1200))
-        await until("input_audio_buffer.speech_stopped")
+        stopped = await until("input_audio_buffer.speech_stopped")
         done = await until("response.done")
         found["spoken"] = {"status": done.response.status, "seconds": round(time.monotonic() - t0, 2)}
         # 2. response.create with instructions and metadata, echoed back
@@ -57,6 +57,12 @@ async def main(base: str, key: str, wav: str) -> None:
         await conn.response.create(response={"output_modalities": ["text"], "max_output_tokens": 20})
         done = await until("response.done")
         found["text"] = {"status": done.response.status, "modalities": done.response.output_modalities}
+        # 3b. out of band, its context the spoken turn alone (an item reference) and a message given inline
+        await conn.response.create(response={"conversation": "none", "max_output_tokens": 10, "input": [
+            {"type": "item_reference", "id": stopped.item_id},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Summarise that."}]}]})
+        done = await until("response.done")
+        found["out_of_band"] = {"status": done.response.status, "conversation_id": done.response.conversation_id}
         # 4. barge-in: speech during a response cancels it; the client truncates what it played
         await conn.response.create()
         created = await until("response.created")
