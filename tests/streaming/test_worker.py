@@ -72,6 +72,6 @@ def test_a_dead_runner_process_fails_every_session_and_readiness(tiny_dir):
 
 def test_a_checkpoint_the_child_cannot_load_is_a_clear_error(tmp_path):
     runner = ProcessRunner(RunnerSpec(str(tmp_path / "missing")))
-    with pytest.raises(RunnerProcessError, match="failed \\(start\\)(.|\n)*not a checkpoint directory"):
+    with pytest.raises(RunnerProcessError, match=r"failed \(start\)(.|\n)*not a checkpoint directory"):
         runner.wait_ready()
     runner.close()
