@@ -161,6 +161,8 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
         state.model_name, state.random_weights = loaded.model_name, loaded.random_weights
         state.metrics = Metrics({"version": VERSION, "model": state.model_name, "decoder": loaded.decoder,
                                  "device": settings.device})
+        if (runner_pid := getattr(engine.runner, "pid", None)) is not None:
+            state.metrics.watch_runner_process(runner_pid)
         if state.random_weights:
             log.warning("the checkpoint %s has RANDOM WEIGHTS: the model's speech is noise. Serve a real "
                         "LFM2-Audio checkpoint with --model DIR or a Hub id.", loaded.source)

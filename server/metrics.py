@@ -6,7 +6,7 @@ sets (transport, since, error type, refusal reason): never a session id.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from streaming.messages import EngineStats
@@ -55,6 +55,7 @@ class Metrics:
             raise ValueError(f"unknown build labels {sorted(unknown)}: use {', '.join(BUILD_LABELS)}")
         self.registry = r = CollectorRegistry()  # our own: tests and several apps in one process stay apart
         p = "lfm_audio_"
+        ProcessCollector(namespace="lfm_audio", registry=r)  # lfm_audio_process_*: memory, CPU, fds of the server
         self.sessions_active = Gauge(p + "sessions_active", "Sessions open now", ["transport"], registry=r)
         self.sessions = Counter(p + "sessions_total", "Sessions opened", ["transport"], registry=r)
         self.session_duration = Histogram(p + "session_duration_seconds", "Session lifetime", ["transport"],
@@ -159,6 +160,10 @@ class Metrics:
             self.ttft.observe(ttft_s)
         if rtf is not None:
             self.rtf.observe(rtf)
+
+    def watch_runner_process(self, pid: int) -> None:
+        """lfm_audio_runner_process_*: the model's process (streaming/worker.py) holds the weights."""
+        ProcessCollector(namespace="lfm_audio_runner", pid=lambda: pid, registry=self.registry)
 
     def event_loop_lag(self, seconds: float) -> None:
         self.loop_lag.observe(max(0.0, seconds))

@@ -303,3 +303,12 @@ async def test_event_loop_stays_responsive_while_responses_stream(server):
     # delay a wake-up now and then), and never by 50 ms or more.
     assert lag["0.02"] >= 0.95 * total, lag
     assert lag["0.05"] == total, lag
+
+
+def test_the_model_runs_in_its_own_process_and_both_are_measured(server):
+    """The default server: the weights live in the runner's process (streaming/worker.py), whose memory and
+    CPU are exported beside the server's own."""
+    server_rss = _metric(server, "lfm_audio_process_resident_memory_bytes")
+    runner_rss = _metric(server, "lfm_audio_runner_process_resident_memory_bytes")
+    assert server_rss > 0 and runner_rss > 0
+    assert _metric(server, "lfm_audio_runner_process_cpu_seconds_total") > 0  # it loaded and warmed up
