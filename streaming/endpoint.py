@@ -19,8 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from models.defaults import INPUT_RATE
-from streaming.vad import FRAME_MS, SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped, TurnDetector, \
-    TurnEvent, VadConfig
+from streaming.vad import (
+    FRAME_MS,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    TurnEvent,
+    VadConfig,
+)
 
 __all__ = [
     "EAGERNESS", "PROBES_MS", "PROBE_MS", "EndOfTurn", "Judgement", "Policy", "SemanticTurnDetector", "fit_window",

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from models.checkpoint import Checkpoint
-from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
+from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET, SPECULATIVE_START
 from streaming.handle import EngineSession
 from streaming.messages import Command, EngineStats, Event, Open, SessionFailed
 from streaming.runner import Runner
@@ -49,6 +49,7 @@ class EngineConfig:
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
     first_audio_lead_s: float = 0.4  # sessions this far ahead wait while another works towards its first audio
     speculate_lead_s: float = 0.4  # speculative work runs beside sessions at least this far ahead of playback
+    speculative_start: bool = SPECULATIVE_START  # sessions' default (streaming/speculation.py)
     admit_load: float | None = 0.8  # admit while predicted steps use at most this much of real time; None: slots
     admit_floor: int = 4  # sessions always admitted (up to the slots), whatever the steps measure
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready

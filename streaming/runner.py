@@ -6,8 +6,8 @@ state after its prefill (read by its first decode step) and each response's rand
 
 A step runs, in order: put back rows whose speculative work was dropped (their conv state from the snapshot
 taken before it; the positions go back with the conversation), forget the snapshots of confirmed ones, encode the
-user clips, flush finished speech streams, reset rows, start responses,
-snapshot rows about to prefill speculatively, prefill chunks, one batched decode step, then speech for the decoded audio frames. Work that fails is
+user clips, flush finished speech streams, reset rows, start responses, snapshot rows about to prefill
+speculatively, prefill chunks, one batched decode step, then speech for the decoded audio frames. Work that fails is
 reported per slot (`failed`); the engine fails those sessions and the others carry on.
 """
 

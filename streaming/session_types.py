@@ -60,6 +60,7 @@ class SessionConfig:
     audio_top_k: int = CHAT_AUDIO_SAMPLING.top_k
     text_temperature: float = TEXT_SAMPLING.temperature
     seed: int | None = None
+    speculative_start: bool | None = None  # None: the server's default (streaming/speculation.py)
 
 
 # ---- conversation items as the client sees them

@@ -362,6 +362,8 @@ class Slots:
         r, conv = slot.response, slot.conv
         spec = slot.spec if slot.speculating else None
         with slot.lock:
+            if spec is not None and not any(it is spec.user for it in conv.items):
+                return False  # withdrawn by the session just now: undone at the next iteration
             if spec is not None and spec.position is None:  # its first prefill: what the row goes back to
                 spec.position, spec.stale = conv.position, conv.stale
                 plan.snapshot.append(slot.index)
