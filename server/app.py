@@ -82,7 +82,7 @@ def engine_for(ckpt, settings: Settings) -> Loaded:
 
     engine = Engine(ckpt, EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
                                        prefill_budget=settings.prefill_budget, decoder=settings.decoder,
-                                       compile=settings.compile))
+                                       compile=settings.compile, speculative_start=settings.speculative_start))
     return Loaded(engine, ckpt.directory.name, engine.runner.decoder_name, ckpt.random is not None,
                   str(ckpt.directory))
 

@@ -23,6 +23,8 @@ from models.defaults import (
     MAX_TTL_S,
     MIN_TTL_S,
     PREFILL_BUDGET,
+    SPECULATION_PAD_MS,
+    SPECULATIVE_START,
     WEIGHTS,
 )
 
@@ -65,6 +67,10 @@ class Settings(BaseSettings):
                                                                   "decode)")
     decoder: Literal[DECODERS] = Field(DECODERS[0], description="speech detokenizer")
     compile: bool = Field(False, description="torch.compile the decode step (slow start, faster steps)")
+    speculative_start: bool = Field(
+        SPECULATIVE_START, description="sessions prepare the response while the end of a turn is judged (a "
+        f"VAD turn then ends {SPECULATION_PAD_MS} ms after its speech; a session may choose with "
+        "session.lfm_audio.speculative_start)")
     # repr=False: settings get logged, keys must not be
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False,
