@@ -20,7 +20,9 @@ class SpeculativeTurns:
     def speculative(self) -> bool:
         """Whether turns start speculatively: the session's choice, else the server's default."""
         choice = self.config.speculative_start
-        return getattr(self.engine.config, "speculative_start", False) if choice is None else choice
+        if choice is not None:
+            return choice
+        return getattr(getattr(self.engine, "config", None), "speculative_start", False)  # a stand-in may have none
 
     def _turn_end(self, stop_ms: int, speech_end_ms: int) -> int:
         """Where a turn's committed audio ends: speculating, the speculation point (the speculated clip is the
