@@ -19,8 +19,10 @@ from pydantic import TypeAdapter
 
 from models.defaults import SPECULATION_PAD_MS
 from server.metrics import Metrics
+from server.session_config import session_object, session_update
 from streaming.audio import float_to_pcm16
 from streaming.messages import EngineStats
+from streaming.session_types import SessionConfig
 from tests.server.harness import ServerProcess
 
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
@@ -145,3 +147,14 @@ def test_metrics_fold_in_the_engine_counts():
     assert values["lfm_audio_speculative_hits_total"] == 2
     assert values["lfm_audio_speculative_time_saved_seconds_count"] == 2
     assert values["lfm_audio_speculative_time_saved_seconds_sum"] == pytest.approx(0.1)
+
+
+def test_the_session_field_takes_true_false_or_null_and_is_echoed():
+    config, errors = session_update(SessionConfig(), {"lfm_audio": {"speculative_start": False}})
+    assert not errors and config.speculative_start is False
+    config, errors = session_update(config, {"lfm_audio": {"speculative_start": None}})
+    assert not errors and config.speculative_start is None  # the server's default again
+    config, errors = session_update(config, {"lfm_audio": {"speculative_start": "yes", "seed": 3}})
+    assert [e.param for e in errors] == ["session.lfm_audio.speculative_start"] and config.seed == 3
+    ext = session_object(config, "sess_x", "m", speculative=False)["lfm_audio"]
+    assert ext["speculative_start"] is False and ext["speculation_pad_ms"] is None
