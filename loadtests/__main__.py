@@ -22,6 +22,11 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-s", type=float, default=d.clip_s, help="the clip's voiced length, seconds")
     g.add_argument("--chunk-ms", type=int, default=d.chunk_ms, help="mic chunk per input_audio_buffer.append")
     g.add_argument("--silence-ms", type=int, default=d.silence_ms, help="server_vad silence_duration_ms")
+    g.add_argument("--turn-detection", choices=["server_vad", "semantic_vad"], default=d.turn_detection)
+    g.add_argument("--eagerness", choices=["low", "medium", "high", "auto"], default=d.eagerness,
+                   help="semantic_vad's eagerness")
+    g.add_argument("--speculative-start", choices=["on", "off"], default=None,
+                   help="session.lfm_audio.speculative_start (default: the server's)")
     g.add_argument("--max-output-tokens", type=int, default=d.max_output_tokens)
     g.add_argument("--ramp-s", type=float, default=d.ramp_s, help="user starts spread over this many seconds")
     g.add_argument("--pause-s", type=float, default=d.pause_s, help="after a reply has played, before speaking")
@@ -51,6 +56,8 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
 def _scenario(a: argparse.Namespace, users: int) -> Scenario:
     return Scenario(users=users, turns=a.turns, transport=a.transport, clip_text=a.clip_text, clip_s=a.clip_s,
                     chunk_ms=a.chunk_ms, silence_ms=a.silence_ms, max_output_tokens=a.max_output_tokens,
+                    turn_detection=a.turn_detection, eagerness=a.eagerness,
+                    speculative_start=None if a.speculative_start is None else a.speculative_start == "on",
                     ramp_s=a.ramp_s, pause_s=a.pause_s, duration_s=a.duration_s, barge_in=a.barge_in,
                     barge_in_after_s=a.barge_in_after_s, push_to_talk=a.push_to_talk, seed=a.seed,
                     turn_timeout_s=a.turn_timeout_s, deadline_s=a.deadline_s)

@@ -24,6 +24,9 @@ COUNTERS = {
     "interruptions": (P + "interruptions_total", {}),
     "sessions": (P + "sessions_total", {}),
     "errors": (P + "errors_total", {}),
+    "speculative_starts": (P + "speculative_starts_total", {}),  # 0 from a server without speculative start
+    "speculative_hits": (P + "speculative_hits_total", {}),
+    "speculative_drops": (P + "speculative_drops_total", {}),
 }
 
 

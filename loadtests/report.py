@@ -13,6 +13,14 @@ __all__ = ["markdown", "plot", "summary_table", "write"]
 LATENCIES = ("vad_delay_s", "ttfa_speech_end_s", "ttfa_commit_s", "ttft_s")
 
 
+def _turns(sc: dict) -> str:
+    """The scenario's turn detection, in words (older reports have server VAD only)."""
+    td = (f"semantic_vad (eagerness {sc.get('eagerness', 'auto')})" if sc.get("turn_detection") == "semantic_vad"
+          else f"server VAD with {sc['silence_ms']} ms of silence")
+    spec = sc.get("speculative_start")
+    return td + ("" if spec is None else f", speculative start {'on' if spec else 'off'}")
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.0f}"
 
@@ -68,7 +76,7 @@ def markdown(doc: dict) -> str:
            f"{doc['environment']['load_average']}).", "",
            f"Scenario: {sc['transport']}, {sc['turns']} turns per user of a {runs[0]['clip']['seconds']:.2f} s "
            f"espeak-ng clip (\"{sc['clip_text']}\") in {sc['chunk_ms']} ms appends paced in real time, then "
-           f"silence; server VAD with {sc['silence_ms']} ms of silence; max_output_tokens {sc['max_output_tokens']}; "
+           f"silence; {_turns(sc)}; max_output_tokens {sc['max_output_tokens']}; "
            f"starts over {sc['ramp_s']} s; barge-in {sc['barge_in']:.0%} of turns, push-to-talk "
            f"{sc['push_to_talk']:.0%} of users. Server: `serve --max-sessions N "
            f"{' '.join(doc['environment']['server_args'])}`.".replace("  ", " "), ""]

@@ -27,6 +27,9 @@ class Scenario:
     clip_s: float = 3.5  # espeak-ng's speed is set so the voiced clip lasts this long
     chunk_ms: int = 20  # one input_audio_buffer.append per mic chunk, paced in real time
     silence_ms: int = 500  # server_vad silence_duration_ms
+    turn_detection: str = "server_vad"  # or "semantic_vad" (the end-of-turn model decides, by eagerness)
+    eagerness: str = "auto"  # semantic_vad only
+    speculative_start: bool | None = None  # session.lfm_audio.speculative_start; None: the server's default
     max_output_tokens: int = 80
     ramp_s: float = 2.0  # user i starts at i * ramp_s / users
     pause_s: float = 0.0  # after the reply has played out, before speaking again
@@ -44,6 +47,8 @@ class Scenario:
             raise ValueError(f"users must be 1..{MAX_USERS}, got {self.users}")
         if self.turns < 1:
             raise ValueError(f"turns must be at least 1, got {self.turns}")
+        if self.turn_detection not in ("server_vad", "semantic_vad"):
+            raise ValueError(f"turn_detection must be server_vad or semantic_vad, got {self.turn_detection!r}")
         if self.transport not in ("websocket", "webrtc"):
             raise ValueError(f"transport must be websocket or webrtc, got {self.transport!r}")
         for name in ("barge_in", "push_to_talk"):

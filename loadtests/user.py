@@ -62,7 +62,11 @@ class User:
         vad = None if self.result.push_to_talk else {
             "type": "server_vad", "silence_duration_ms": self.s.silence_ms, "create_response": True,
             "interrupt_response": True}
-        return {"type": "realtime", "max_output_tokens": self.s.max_output_tokens,
+        if vad is not None and self.s.turn_detection == "semantic_vad":
+            vad = {"type": "semantic_vad", "eagerness": self.s.eagerness, "create_response": True,
+                   "interrupt_response": True}
+        ext = {} if self.s.speculative_start is None else {"lfm_audio": {"speculative_start": self.s.speculative_start}}
+        return {"type": "realtime", "max_output_tokens": self.s.max_output_tokens, **ext,
                 "audio": {"input": {"format": {"type": "audio/pcm", "rate": WIRE_RATE}, "turn_detection": vad},
                           "output": {"format": {"type": "audio/pcm", "rate": WIRE_RATE}}},
                 **self.s.extra}

@@ -32,6 +32,9 @@ __all__ = [
     "PREFILL_BUDGET",
     "REALTIME_VOICE",
     "RESPONSE_TOKENS",
+    "SPECULATION_AHEAD_S",
+    "SPECULATION_PAD_MS",
+    "SPECULATIVE_START",
     "TEXT_SAMPLING",
     "TRANSCRIPTION_TOKENS",
     "TTS_AUDIO_SAMPLING",
@@ -100,6 +103,11 @@ MAX_SESSIONS = 8  # engine slots
 MAX_CONTEXT = 4096  # positions per slot
 PREFILL_BUDGET = 256  # prefill positions per engine iteration
 MAX_INPUT_BUFFER_S = 60.0  # uncommitted input audio per session
+
+# ---- speculative start (streaming/speculation.py): the response is prepared while the turn's end is judged
+SPECULATIVE_START = True  # the server's default (measured in docs/loadtests/turn-taking.md)
+SPECULATION_PAD_MS = 200  # a speculated (and then committed) turn ends this long after its last speech
+SPECULATION_AHEAD_S = 0.4  # speech a speculative response may hold before the commit; it waits there
 
 # ---- client secrets: OpenAI's bounds for expires_after.seconds, and our default lifetime
 MIN_TTL_S, MAX_TTL_S = 10, 7200

@@ -98,6 +98,24 @@ class BackboneState:
             if c is not None:
                 c[rows.to(c.device)] = 0
 
+    def snapshot_row(self, row: int) -> list[Tensor | None]:
+        """A copy of one row's conv state: with the position it holds now, all that row needs to come back to
+        this point later (restore_row). The KV cache needs no copy: entries past a row's position are never read
+        and are rewritten before they are, so going back to a position truncates it. Not for a ring cache (a
+        sliding window overwrites entries still in view)."""
+        if self.window is not None:
+            raise ValueError("a sliding-window (ring) KV cache cannot be truncated back to a snapshot")
+        return [None if c is None else c[row].clone() for c in self.conv]
+
+    def restore_row(self, row: int, snapshot: list[Tensor | None]) -> None:
+        """Put back a row's conv state from snapshot_row, in place (compiled steps keep their addresses); the
+        caller goes back to the position the row held then."""
+        if len(snapshot) != len(self.conv):
+            raise ValueError(f"a snapshot of {len(snapshot)} layers for a state of {len(self.conv)}")
+        for c, saved in zip(self.conv, snapshot, strict=True):
+            if c is not None:
+                c[row].copy_(saved)
+
 
 @dataclass
 class _StepContext:

@@ -96,7 +96,8 @@ def engine_config(settings: Settings):
     from streaming.engine import EngineConfig
 
     return EngineConfig(max_sessions=settings.max_sessions, max_context=settings.max_context,
-                        prefill_budget=settings.prefill_budget, decoder=settings.decoder, compile=settings.compile)
+                        prefill_budget=settings.prefill_budget, decoder=settings.decoder, compile=settings.compile,
+                        speculative_start=settings.speculative_start)
 
 
 def engine_for(ckpt, settings: Settings) -> Loaded:

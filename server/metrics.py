@@ -30,6 +30,7 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 
 PREFILL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SESSION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+SAVED_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)  # a turn's whole first-audio path
 LOOP_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 RTF_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)  # above 1: slower than real time
 
@@ -96,6 +97,15 @@ class Metrics:
         self.skipped = Counter(p + "engine_skipped_rows_total",
                                "Rows that sat out a step because they were far ahead of real time", registry=r)
         self.failed = Counter(p + "engine_sessions_failed_total", "Sessions failed by an engine error", registry=r)
+        self.spec_starts = Counter(p + "speculative_starts_total", "Responses prepared before their turn was "
+                                   "committed", registry=r)
+        self.spec_hits = Counter(p + "speculative_hits_total", "Speculative starts whose turn was committed as "
+                                 "speculated (their held output went out at the commit)", registry=r)
+        self.spec_drops = Counter(p + "speculative_drops_total", "Speculative starts undone because speech resumed",
+                                  registry=r)
+        self.spec_saved = Histogram(p + "speculative_time_saved_seconds", "Per hit: how far ahead of the commit its "
+                                    "work got (its first work to its first audio, or to the commit)",
+                                    buckets=SAVED_BUCKETS, registry=r)
         Gauge(p + "build_info", "Build and model; always 1", list(BUILD_LABELS), registry=r).labels(
             *(build.get(k, "") for k in BUILD_LABELS)).set(1)
         # Series that exist from the start, so rate() and absent() work before the first event.
@@ -113,7 +123,9 @@ class Metrics:
             self.error_events.labels(code)
         # Engine counters are cumulative: remember the last value and add only the increase.
         self._cumulative = {"steps": self.steps, "prefill_positions": self.prefill_positions,
-                            "skipped_rows": self.skipped, "sessions_failed": self.failed}
+                            "skipped_rows": self.skipped, "sessions_failed": self.failed,
+                            "speculative_starts": self.spec_starts, "speculative_hits": self.spec_hits,
+                            "speculative_drops": self.spec_drops}
         self._last = dict.fromkeys(self._cumulative, 0)
 
     def session_started(self, transport: str) -> None:
@@ -180,6 +192,8 @@ class Metrics:
             self.batch.observe(n)
         for s in stats.prefill_seconds:
             self.prefill.observe(s)
+        for s in stats.speculative_saved_seconds:
+            self.spec_saved.observe(s)
         for name, counter in self._cumulative.items():
             value = getattr(stats, name)
             # A value below the last one means a new engine: its whole count is new.

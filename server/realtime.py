@@ -80,7 +80,7 @@ class RealtimeAdapter:
         return validation.instructions_problem(text, engine.tokenizer, engine.config.max_context)
 
     def _session(self) -> dict:
-        return session_object(self.session.config, self.session_id, self.model)
+        return session_object(self.session.config, self.session_id, self.model, self.session.speculative)
 
     def emit(self, type_: str, **fields: object) -> None:
         self.send_event({"type": type_, "event_id": event_id(), **fields})

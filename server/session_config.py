@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from models.defaults import SPECULATION_PAD_MS
 from streaming import session as s
 from streaming.audio import AudioFormat, UnsupportedFormat
 from streaming.endpoint import EAGERNESS
@@ -81,6 +82,8 @@ def session_update(config: s.SessionConfig, update: dict) -> tuple[s.SessionConf
                               ("text_temperature", float, 0.0, 5.0)):
         if ext.get(key) is not None:
             field(lambda key=key, cast=cast, lo=lo, hi=hi: changes.update({key: _ranged(ext[key], cast, lo, hi, key)}))
+    if "speculative_start" in ext:
+        field(lambda: changes.update(speculative_start=_choice(ext["speculative_start"], "speculative_start")))
     if "seed" in ext:
         field(lambda: changes.update(seed=None if ext["seed"] is None else _ranged(ext["seed"], int, None, None,
                                                                                     "seed")))
@@ -115,6 +118,13 @@ def _ranged(value: object, cast: type, lo: float | None, hi: float | None, key: 
     if lo is not None and not lo <= number <= hi:
         raise ProtocolError("invalid_value", f"{key} must be in [{lo}, {hi}]", param)
     return number
+
+
+def _choice(value: object, key: str) -> bool | None:
+    """true, false, or null (the server's default)."""
+    if value is not None and not isinstance(value, bool):
+        raise ProtocolError("invalid_value", f"{key} must be true, false or null", f"session.lfm_audio.{key}")
+    return value
 
 
 def _modalities(value: object, param: str) -> bool:
@@ -189,7 +199,8 @@ def turn_detection_json(td: s.TurnDetection | None) -> dict | None:
             "interrupt_response": td.interrupt_response}
 
 
-def session_object(config: s.SessionConfig, session_id: str, model: str) -> dict:
+def session_object(config: s.SessionConfig, session_id: str, model: str, speculative: bool | None = None) -> dict:
+    """`speculative`: whether the session's turns start speculatively (its choice or the server's default)."""
     td = config.turn_detection
     transcription = {"model": model} if config.transcribe_input or config.kind == "transcription" else None
     audio_in = {"format": config.input_format.to_openai(), "turn_detection": turn_detection_json(td),
@@ -199,6 +210,8 @@ def session_object(config: s.SessionConfig, session_id: str, model: str) -> dict
                 "audio": {"input": audio_in}}
     ext: dict = {"audio_temperature": config.audio_temperature, "audio_top_k": config.audio_top_k,
                  "text_temperature": config.text_temperature, "seed": config.seed}
+    if speculative is not None:  # a VAD turn then ends SPECULATION_PAD_MS after its speech: what it speculated
+        ext.update(speculative_start=speculative, speculation_pad_ms=SPECULATION_PAD_MS if speculative else None)
     return {
         "type": "realtime", "id": session_id, "object": "realtime.session", "model": model,
         "instructions": config.instructions, "output_modalities": ["audio"] if config.output_audio else ["text"],

@@ -23,6 +23,8 @@ from models.defaults import (
     MAX_TTL_S,
     MIN_TTL_S,
     PREFILL_BUDGET,
+    SPECULATION_PAD_MS,
+    SPECULATIVE_START,
     WEIGHTS,
 )
 
@@ -67,6 +69,10 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the decode step (slow start, faster steps)")
     runner_process: bool = Field(True, description="run the model in a process of its own (the GIL then never "
                                                    "slows a decode step; --no-runner-process: one process)")
+    speculative_start: bool = Field(
+        SPECULATIVE_START, description="sessions prepare the response while the end of a turn is judged (a "
+        f"VAD turn then ends {SPECULATION_PAD_MS} ms after its speech; a session may choose with "
+        "session.lfm_audio.speculative_start)")
     # repr=False: settings get logged, keys must not be
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False,

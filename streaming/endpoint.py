@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from models.defaults import INPUT_RATE
-from streaming.vad import FRAME_MS, SpeechStarted, SpeechStopped, TurnDetector, VadConfig
+from streaming.vad import (
+    FRAME_MS,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    TurnEvent,
+    VadConfig,
+)
 
 __all__ = [
     "EAGERNESS", "PROBES_MS", "PROBE_MS", "EndOfTurn", "Judgement", "Policy", "SemanticTurnDetector", "fit_window",
@@ -218,7 +227,8 @@ class SemanticTurnDetector:
     without, push() runs it inline (deterministic: tests, offline evaluation)."""
 
     def __init__(self, config: VadConfig | None = None, eagerness: str = "auto", model: EndOfTurn | None = None,
-                 background: bool = False, min_speech_ms: int = 90, probes_ms: tuple[int, ...] = PROBES_MS):
+                 background: bool = False, min_speech_ms: int = 90, probes_ms: tuple[int, ...] = PROBES_MS,
+                 pause_ms: int | None = None):
         if not probes_ms or list(probes_ms) != sorted(probes_ms) or probes_ms[0] <= 0:
             raise ValueError(f"probes_ms must be increasing silences in ms, got {probes_ms}")
         self.probes_ms = tuple(probes_ms)
@@ -227,7 +237,9 @@ class SemanticTurnDetector:
         self.background = background
         self.on_answer: Callable[[], None] | None = None  # background: called on the worker thread when ready
         self._model = model
-        self._vad = TurnDetector(self._probe_config(self.config), min_speech_ms)
+        # pause_ms: SpeechPaused when the silence has lasted that long (at most the first probe's), and
+        # SpeechResumed when speech comes back before the turn ends, as TurnDetector's.
+        self._vad = TurnDetector(self._probe_config(self.config), min_speech_ms, pause_ms)
         self.judgements: list[Judgement] = []  # of the current turn; kept until the next turn starts
         self.reset()
 
@@ -266,6 +278,7 @@ class SemanticTurnDetector:
         self._next_probe: int | None = None  # index into PROBES_MS of the question still to ask
         self.judgements = []
         self.speaking = False
+        self._paused = False
 
     @property
     def now_ms(self) -> int:
@@ -274,7 +287,7 @@ class SemanticTurnDetector:
     def clip_bounds(self, start_ms: int, end_ms: int) -> tuple[int, int]:
         return self._vad.clip_bounds(start_ms, end_ms)
 
-    def push(self, x: np.ndarray) -> list[SpeechStarted | SpeechStopped]:
+    def push(self, x: np.ndarray) -> list[TurnEvent]:
         """16 kHz float audio in any chunk sizes; judged one 30 ms frame at a time."""
         x = np.asarray(x, dtype=np.float32).reshape(-1)
         if self._rest.size:
@@ -283,16 +296,16 @@ class SemanticTurnDetector:
         n = x.size // step
         self._rest = x[n * step:].copy()
         self._remember(x[: n * step])
-        events: list[SpeechStarted | SpeechStopped] = []
+        events: list[TurnEvent] = []
         for i in range(n):
             for ev in self._vad.push(x[i * step:(i + 1) * step]):
                 self._on_inner(ev, events)
             self._check(events)
         return events
 
-    def poll(self) -> list[SpeechStarted | SpeechStopped]:
+    def poll(self) -> list[TurnEvent]:
         """Take a background answer that arrived since the last push (no new audio needed)."""
-        events: list[SpeechStarted | SpeechStopped] = []
+        events: list[TurnEvent] = []
         self._check(events)
         return events
 
@@ -308,7 +321,12 @@ class SemanticTurnDetector:
         b = self._audio.size - (self._audio_end - now_ms * INPUT_RATE // 1000)
         return self._audio[max(0, a):max(0, b)]
 
-    def _on_inner(self, ev: SpeechStarted | SpeechStopped, events: list) -> None:
+    def _on_inner(self, ev: TurnEvent, events: list) -> None:
+        if isinstance(ev, SpeechPaused | SpeechResumed):  # within the inner turn: the same turn here
+            if self.speaking and isinstance(ev, SpeechPaused) != self._paused:
+                self._paused = isinstance(ev, SpeechPaused)
+                events.append(ev)
+            return
         if isinstance(ev, SpeechStarted):
             self._asked += 1  # whatever was being judged is out of date: the user goes on
             self._pending = self._deadline_ms = self._next_probe = None
@@ -317,6 +335,9 @@ class SemanticTurnDetector:
                 self._turn_start_ms = ev.audio_start_ms
                 self.judgements = []
                 events.append(ev)
+            elif self._paused:  # speech again in a pause of this turn
+                self._paused = False
+                events.append(SpeechResumed(ev.audio_start_ms))
         elif self.speaking:  # probes_ms[0] of silence
             self._speech_end_ms = ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_end_ms
             self._ask(0)
@@ -349,7 +370,7 @@ class SemanticTurnDetector:
         if self._next_probe is not None and self._pending is None and silence >= self.probes_ms[self._next_probe]:
             self._ask(self._next_probe)
         if self._deadline_ms is not None and self.now_ms >= self._deadline_ms:
-            self.speaking = False
+            self.speaking = self._paused = False
             self._deadline_ms = self._next_probe = None
             events.append(SpeechStopped(self.now_ms, self._speech_end_ms))
 

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from models.checkpoint import Checkpoint, CheckpointHeader
-from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET
+from models.defaults import FRAME_S, MAX_CONTEXT, MAX_SESSIONS, PREFILL_BUDGET, SPECULATIVE_START
 from streaming.handle import EngineSession
 from streaming.messages import Command, EngineStats, Event, Open, SessionFailed
 from streaming.runner import Runner, StepPlan, StepResult, model_threads
@@ -49,6 +49,8 @@ class EngineConfig:
     saturated_step_s: float = 0.06  # a decode step slower than this means the machine is saturated
     lead_s: float = 1.5  # ... then sessions this far ahead of playback may wait a step
     first_audio_lead_s: float = 0.4  # sessions this far ahead wait while another works towards its first audio
+    speculate_lead_s: float = 0.4  # speculative work runs beside sessions at least this far ahead of playback
+    speculative_start: bool = SPECULATIVE_START  # sessions' default (streaming/speculation.py)
     admit_load: float | None = 0.8  # admit while predicted steps use at most this much of real time; None: slots
     admit_floor: int = 4  # sessions always admitted (up to the slots), whatever the steps measure
     stall_s: float = 30.0  # no iteration for this long while busy: the engine is not ready
@@ -78,10 +80,10 @@ class Engine:
             steps_per_s = (c.interleaved_n_text + c.interleaved_n_audio) / (c.interleaved_n_audio * FRAME_S)
             headroom = Headroom(steps_per_s, cfg.admit_load, floor=cfg.admit_floor)
         self.scheduler = Scheduler(cfg.max_sessions, Policy(cfg.prefill_budget, cfg.saturated_step_s, cfg.lead_s,
-                                                            cfg.first_audio_lead_s), headroom)
+                                                            cfg.first_audio_lead_s, cfg.speculate_lead_s), headroom)
         self._stats = EngineStats(slots_total=cfg.max_sessions)
         self._stats_lock = threading.Lock()
-        self.slots = Slots(ckpt.config, self.tokenizer, self.scheduler, cfg.max_context, self._stats)
+        self.slots = Slots(ckpt.config, self.tokenizer, self.scheduler, cfg.max_context, self._stats, self._stats_lock)
         self._inbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._order = threading.Lock()  # admission and its command enter the inbox together
         self._ids = itertools.count(1)
@@ -126,8 +128,10 @@ class Engine:
         s = self._stats
         with self._stats_lock:
             snap = replace(s, step_seconds=list(s.step_seconds), batch_sizes=list(s.batch_sizes),
-                           prefill_seconds=list(s.prefill_seconds), slots_used=self.scheduler.used, alive=self.ready)
+                           prefill_seconds=list(s.prefill_seconds), slots_used=self.scheduler.used, alive=self.ready,
+                           speculative_saved_seconds=list(s.speculative_saved_seconds))
             if drain:
+                s.speculative_saved_seconds.clear()
                 s.step_seconds.clear()
                 s.batch_sizes.clear()
                 s.prefill_seconds.clear()

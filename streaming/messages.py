@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     from models.conversation import Item
 
 __all__ = [
-    "AudioDelta", "Cancel", "Close", "Command", "EngineFull", "EngineStats", "Event", "ItemAdded", "ItemCreated",
-    "Mode", "Open", "Respond", "ResponseDone", "ResponseRequest", "SessionFailed", "Status", "TextDelta", "Timings",
-    "ToolCalls", "Transcribe", "Usage",
+    "AudioDelta", "Cancel", "Close", "Command", "Confirm", "Drop", "EngineFull", "EngineStats", "Event", "ItemAdded",
+    "ItemCreated", "Mode", "Open", "Respond", "ResponseDone", "ResponseRequest", "SessionFailed", "Speculate", "Status",
+    "TextDelta", "Timings", "ToolCalls", "Transcribe", "Usage",
 ]
 
 
@@ -121,7 +121,35 @@ class Close:
     session: int
 
 
-Command = Open | ItemCreated | Respond | Transcribe | Cancel | Close
+@dataclass(frozen=True)
+class Speculate:
+    """Silence began: prepare a response to the turn so far, ahead of its commit (streaming/speculation.py). The
+    user item `user_item_id` (empty, its clip to encode is `audio`) and the open assistant item `request.item_id`
+    are in the conversation already, seen by no client; nothing of the work reaches the session before Confirm."""
+
+    session: int
+    request: ResponseRequest
+    user_item_id: str
+    audio: np.ndarray  # 16 kHz float32: exactly the clip the turn commits if it ends here
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """The turn was committed as speculated: what was held goes out now and the response carries on."""
+
+    session: int
+    response_id: str
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Speech resumed (or the session does something else): the speculative work is undone."""
+
+    session: int
+    response_id: str
+
+
+Command = Open | ItemCreated | Respond | Transcribe | Cancel | Close | Speculate | Confirm | Drop
 
 
 # ---- events (engine -> session)
@@ -184,5 +212,9 @@ class EngineStats:
     queue_depth: int = 0  # slots waiting for prefill
     skipped_rows: int = 0  # rows that waited a step because they were far ahead of real time
     sessions_failed: int = 0
+    speculative_starts: int = 0  # speculations the engine began working on
+    speculative_hits: int = 0  # ... whose turn was then committed as speculated
+    speculative_drops: int = 0  # ... undone because speech resumed
+    speculative_saved_seconds: list[float] = field(default_factory=list)  # per hit: work done before the commit
     alive: bool = False
     last_heartbeat: float = 0.0

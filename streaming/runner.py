@@ -4,8 +4,10 @@ Only the engine thread calls this. A plan and a result are Python values, NumPy 
 segments; device tensors stay inside: the backbone state, the speech decoders' state, each slot's hidden
 state after its prefill (read by its first decode step) and each response's random generator.
 
-A step runs, in order: encode the user clips, flush finished speech streams, reset rows, start responses,
-prefill chunks, one batched decode step, then speech for the decoded audio frames. Work that fails is
+A step runs, in order: put back rows whose speculative work was dropped (their conv state from the snapshot
+taken before it; the positions go back with the conversation), forget the snapshots of confirmed ones, encode the
+user clips, flush finished speech streams, reset rows, start responses, snapshot rows about to prefill
+speculatively, prefill chunks, one batched decode step, then speech for the decoded audio frames. Work that fails is
 reported per slot (`failed`); the engine fails those sessions and the others carry on.
 """
 
@@ -73,6 +75,9 @@ class StepPlan:
     start: list[Start] = field(default_factory=list)
     prefill: list[Prefill] = field(default_factory=list)
     decode: list[Decode] = field(default_factory=list)
+    snapshot: list[int] = field(default_factory=list)  # rows whose state to keep before this step's prefill
+    restore: list[int] = field(default_factory=list)  # rows back to their snapshot (and no response state)
+    forget: list[int] = field(default_factory=list)  # snapshots no longer needed
 
 
 @dataclass
@@ -112,6 +117,7 @@ class Runner:
             self.compiled = CompiledSteps(m, self.state)
         self._hidden: dict[int, Tensor] = {}  # slot -> the last prefill's hidden state
         self._generators: dict[int, torch.Generator] = {}  # slot -> its response's generator
+        self._snapshots: dict[int, list] = {}  # slot -> its conv state before speculative work
 
     @property
     def decoder_name(self) -> str:
@@ -120,6 +126,10 @@ class Runner:
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepResult:
         out = StepResult()
+        for slot in plan.restore:
+            self._restore(slot)
+        for slot in plan.forget:
+            self._snapshots.pop(slot, None)
         for slot, audio in plan.encode:
             self._guard(out, [slot], "could not encode the audio", partial(self._encode, slot, audio, out))
         for slot in plan.flush:
@@ -131,6 +141,8 @@ class Runner:
             self.state.reset_rows(plan.reset)
         for s in plan.start:
             self._start(s)
+        for slot in plan.snapshot:
+            self._snapshots[slot] = self.state.snapshot_row(slot)
         for p in plan.prefill:
             t0 = time.perf_counter()
             self._guard(out, [p.slot], "prefill failed", partial(self._prefill, p))
@@ -199,6 +211,14 @@ class Runner:
         self._hidden.pop(s.slot, None)
         if s.speak:
             self.speech.start([s.slot])
+
+    def _restore(self, slot: int) -> None:
+        """The row as it was before its dropped speculative work: conv state back, its response's state gone."""
+        saved = self._snapshots.pop(slot, None)
+        if saved is not None:
+            self.state.restore_row(slot, saved)
+        self._hidden.pop(slot, None)
+        self._generators.pop(slot, None)
 
     def _prefill(self, p: Prefill) -> None:
         if p.reset:

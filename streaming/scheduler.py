@@ -23,6 +23,11 @@ Policy (one iteration):
      twice in a row.
    Slots closest to running dry are never skipped, so nobody starves.
 3. Slots that were asked to cancel are finished before anything else runs for them.
+4. Speculative work (a response prepared before its turn is committed: streaming/speculation.py) comes last and
+   runs only where it costs no one (`may_speculate`): when no other session has work, or when every other one is
+   generating, past its first audio, at least `speculate_lead_s` ahead of its client's playback, the last step
+   was not saturated and the step with the extra rows still fits real time. A speculative row never makes
+   another sit a step out (first audio first counts real rows only), and its prefill takes what budget is left.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 
 from streaming.messages import EngineFull
 
-__all__ = ["Headroom", "Plan", "Policy", "Scheduler", "SlotView", "plan_iteration"]
+__all__ = ["Headroom", "Plan", "Policy", "Scheduler", "SlotView", "may_speculate", "plan_iteration"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class SlotView:
     lead_s: float  # audio produced minus audio the client has had time to play (seconds)
     skipped_last: bool = False
     awaiting_audio: bool = False  # generating a spoken response that has sent no audio yet
+    speculative: bool = False  # its turn is not committed yet: lowest priority
 
 
 @dataclass
@@ -59,6 +65,24 @@ class Policy:
     saturated_step_s: float
     lead_s: float
     first_audio_lead_s: float = float("inf")  # inf: no first-audio priority
+    speculate_lead_s: float = 0.4  # others must be this far ahead of playback for speculative work to run
+
+
+def may_speculate(others: list[SlotView], *, last_step_s: float, saturated_step_s: float, lead_s: float,
+                  headroom: Headroom | None = None, extra_rows: int = 1) -> bool:
+    """Whether speculative work may run this iteration beside `others` (the non-speculative slots with a
+    response): see the module's point 4."""
+    if not others:
+        return True  # nobody to delay
+    if last_step_s > saturated_step_s:
+        return False
+    if any(v.pending_positions > 0 or not v.generating or v.awaiting_audio or v.lead_s < lead_s for v in others):
+        return False
+    if headroom is not None:
+        predicted = headroom.step_s(len(others) + extra_rows)
+        if predicted is not None and predicted > headroom.budget_s:
+            return False
+    return True
 
 
 def plan_iteration(
@@ -72,7 +96,7 @@ def plan_iteration(
 ) -> Plan:
     plan = Plan()
     budget = prefill_budget
-    for view in sorted((v for v in slots if v.pending_positions > 0), key=lambda v: v.waiting_since):
+    for view in sorted((v for v in slots if v.pending_positions > 0), key=lambda v: (v.speculative, v.waiting_since)):
         if budget <= 0:
             break
         n = min(view.pending_positions, budget)
@@ -82,9 +106,10 @@ def plan_iteration(
     ready = [v for v in slots if v.generating and v.pending_positions == 0]
     chunk = dict(plan.prefill)
     joining = [v for v in slots if v.pending_positions > 0 and chunk.get(v.slot, 0) >= v.pending_positions]
-    starting = any(v.awaiting_audio for v in (*ready, *joining))  # joining: decodes right after its prefill
+    # joining: decodes right after its prefill. A speculative row never makes others wait.
+    starting = any(v.awaiting_audio and not v.speculative for v in (*ready, *joining))
     for view in ready:
-        yields = starting and not view.awaiting_audio and view.lead_s > first_audio_lead_s
+        yields = starting and not view.awaiting_audio and view.lead_s > first_audio_lead_s and not view.speculative
         waits = saturated and view.lead_s > lead_s and not view.skipped_last
         (plan.skipped if yields or waits else plan.decode).append(view.slot)
     if not plan.decode and not joining and plan.skipped:  # never idle the machine to hold rows back
@@ -201,6 +226,12 @@ class Scheduler:
         with self._lock:
             owner, self._owner[slot] = self._owner[slot], None
             self._admitted.discard(owner)
+
+    def may_speculate(self, others: list[SlotView], last_step_s: float, extra_rows: int = 1) -> bool:
+        p = self.policy
+        with self._lock:
+            return may_speculate(others, last_step_s=last_step_s, saturated_step_s=p.saturated_step_s,
+                                 lead_s=p.speculate_lead_s, headroom=self.headroom, extra_rows=extra_rows)
 
     def schedule(self, views: list[SlotView], last_step_s: float) -> Plan:
         p = self.policy

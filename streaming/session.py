@@ -4,7 +4,10 @@ events hop onto the loop through `engine_sink`.
 
 The session owns the semantics; the transport adapters own the wire format. It emits typed events
 (below) that server/realtime.py turns into OpenAI Realtime events for both WebSocket and WebRTC.
-States: idle -> user speaking -> committed -> responding -> idle.
+States: idle -> user speaking -> committed -> responding -> idle. With speculative start (streaming/
+speculation.py), a pause in the user's speech already hands the engine the turn so far; the turn's commit then
+confirms it (the same clip: a speculating session's turn ends SPECULATION_PAD_MS after its last speech, the rest of
+the silence is dropped) and what the engine prepared goes out at once; speech first drops it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 
@@ -24,11 +26,14 @@ from models.defaults import (
     MAX_INPUT_BUFFER_S,
     MAX_RESPONSE_TOKENS,
     OUTPUT_RATE,
+    SPECULATION_PAD_MS,
 )
 from streaming import messages as m
 from streaming.audio import AudioFormat, InputDecoder, SampleBuffer
 from streaming.endpoint import SemanticTurnDetector
 from streaming.engine import Engine, EngineSession
+from streaming.session_context import INSTRUCTIONS_ID, ResponseContexts
+from streaming.session_speculation import MIN_COMMIT_MS, SpeculativeTurns
 from streaming.session_types import (
     INF_TOKENS,
     AudioCommitted,
@@ -47,9 +52,10 @@ from streaming.session_types import (
     SpeechEvent,
     Transcription,
     TurnDetection,
+    new_id,
 )
 from streaming.tools import Tool, ToolError, call_text, output_text, parse_calls, system_prompt
-from streaming.vad import SpeechStarted, SpeechStopped, TurnDetector
+from streaming.vad import SpeechPaused, SpeechResumed, SpeechStarted, TurnDetector, TurnEvent
 
 # The types live in streaming/session_types.py; they are named here too, where the session's users look.
 __all__ = [
@@ -59,16 +65,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-INSTRUCTIONS_ID = "instructions"  # the system turn's item: always first, never shown to the client
-MIN_COMMIT_MS = 100  # as OpenAI: a committed buffer holds at least 100 ms of audio
 IDLE_KEEP_MS = 1000  # server VAD between turns: kept beyond prefix_padding_ms (covers the detector's delay)
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
-
-
-class Session:
+class Session(SpeculativeTurns, ResponseContexts):
     def __init__(self, engine: Engine, emit: Callable[[Event], None], config: SessionConfig | None = None,
                  *, max_buffer_s: float = MAX_INPUT_BUFFER_S, max_output_tokens: int = MAX_RESPONSE_TOKENS,
                  media_input: AudioFormat | None = None) -> None:
@@ -99,12 +99,14 @@ class Session:
         self._vad_origin_ms = 0  # session ms where the detector's own timeline starts
         self._next_response: dict | None = None  # requested while an interrupted one winds down
         self._contexts: dict[str, tuple[list, list[str]]] = {}  # response id -> (items hidden, items added)
+        self._spec: tuple[str, int, int, Response, int] | None = None  # (item id, start, end, response, clip ms)
         self._instructions_added = False
         self.input_audio_s = 0.0
         self._set_instructions(self.config.instructions)
 
     # ---- configuration
     def update(self, config: SessionConfig) -> None:
+        self.handle.drop()  # what it prepared may no longer be what would be asked
         old = self.config
         self.config = config
         if config.input_format != old.input_format and self._media_input is None:
@@ -127,10 +129,10 @@ class Session:
         if td is None:
             return None
         if td.kind == "semantic_vad":  # the model runs on a worker thread: the event loop is not held
-            detector = SemanticTurnDetector(td.vad, td.eagerness, background=True)
+            detector = SemanticTurnDetector(td.vad, td.eagerness, background=True, pause_ms=SPECULATION_PAD_MS)
             detector.on_answer = lambda: self.loop.call_soon_threadsafe(self._poll_detector, detector)
             return detector
-        return TurnDetector(td.vad)
+        return TurnDetector(td.vad, pause_ms=SPECULATION_PAD_MS)
 
     def _poll_detector(self, detector: SemanticTurnDetector) -> None:
         """An end-of-turn answer is ready: act on it now, not at the next audio (a client may be waiting)."""
@@ -182,10 +184,15 @@ class Session:
             self._buffer.drop(drop)
             self._buffer_start_ms += drop // ms
 
-    def _on_vad(self, ev: SpeechStarted | SpeechStopped) -> None:
+    def _on_vad(self, ev: TurnEvent) -> None:
         # The detector counts from its own start; the protocol counts from the session's first audio.
         td = self.config.turn_detection
+        if isinstance(ev, SpeechPaused):
+            return self._speculate(ev)
+        if isinstance(ev, SpeechResumed):
+            return self.handle.drop()
         if isinstance(ev, SpeechStarted):
+            self.handle.drop()
             start = ev.audio_start_ms + self._vad_origin_ms
             item_id = new_id("item")
             self._speech = (item_id, start, time.perf_counter())
@@ -197,14 +204,23 @@ class Session:
             self._speech = None
             end = ev.audio_end_ms + self._vad_origin_ms
             self.emit(SpeechEvent("stopped", end, item_id))
-            item = self._commit_range(item_id, max(start_ms - td.vad.prefix_padding_ms, self._buffer_start_ms), end)
-            if item is not None and td.create_response and self.config.kind == "realtime":
-                # When the user stopped speaking, for time-to-first-audio: the audio arrives in real time, so
-                # the speech ended as long ago as the input received since its end lasts (counted to the input
-                # received, not to what the detector has judged: the resampler and a partial frame lag behind).
-                spoken_end_ms = (ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_end_ms)
-                since_s = max(0.0, self._received_ms - spoken_end_ms - self._vad_origin_ms) / 1000
+            # When the user stopped speaking, for time-to-first-audio: the audio arrives in real time, so
+            # the speech ended as long ago as the input received since its end lasts (counted to the input
+            # received, not to what the detector has judged: the resampler and a partial frame lag behind).
+            spoken_end_ms = (ev.speech_end_ms if ev.speech_end_ms is not None else ev.audio_end_ms)
+            since_s = max(0.0, self._received_ms - spoken_end_ms - self._vad_origin_ms) / 1000
+            start = max(start_ms - td.vad.prefix_padding_ms, self._buffer_start_ms)
+            clip_end = self._turn_end(end, spoken_end_ms + self._vad_origin_ms)
+            spec, self._spec = self._spec, None
+            respond = td.create_response and self.config.kind == "realtime"
+            if (respond and spec is not None and spec[:3] == (item_id, start, clip_end) and self.response is None
+                    and self.handle.speculation == spec[3].id):
+                return self._confirm(item_id, spec[3], spec[4], end, time.perf_counter() - since_s)
+            self.handle.drop()
+            item = self._commit_range(item_id, start, clip_end, until_ms=end)
+            if item is not None and respond:
                 self.create_response(speech_end=time.perf_counter() - since_s)
+        return None
 
     def commit(self, event_id: str | None = None) -> ConvItem | None:
         """Manual turn (push-to-talk): the whole buffer becomes a user item."""
@@ -219,13 +235,18 @@ class Session:
             return None
         item_id = self._speech[0] if self._speech else new_id("item")
         self._speech = None
+        self.handle.drop()
         return self._commit_range(item_id, self._buffer_start_ms, round(self._written_ms))
 
-    def _commit_range(self, item_id: str, start_ms: int, end_ms: int) -> ConvItem | None:
+    def _commit_range(self, item_id: str, start_ms: int, end_ms: int, until_ms: int | None = None) -> ConvItem | None:
+        """[start_ms, end_ms) becomes a user item; the buffer is consumed up to until_ms (default end_ms)."""
         a = max(0, round((start_ms - self._buffer_start_ms) * INPUT_RATE / 1000))
         b = max(a, round((end_ms - self._buffer_start_ms) * INPUT_RATE / 1000))
         clip = self._buffer.take(a, b)  # a copy: the engine keeps it
         self._buffer_start_ms = end_ms
+        if until_ms is not None and until_ms > end_ms:
+            self._buffer.drop(round((until_ms - end_ms) * INPUT_RATE / 1000))
+            self._buffer_start_ms = until_ms
         if len(clip) < INPUT_RATE * MIN_COMMIT_MS // 1000:
             return None
         item = ConvItem(item_id, "user", [Part("input_audio", transcript=None,
@@ -238,6 +259,7 @@ class Session:
         return item
 
     def clear_buffer(self) -> None:
+        self.handle.drop()
         self._buffer.clear()
         self._buffer_start_ms = round(self._written_ms)
         self._speech = None
@@ -376,79 +398,38 @@ class Session:
                                    f"Conversation already has an active response in progress: {self.response.id}. "
                                    "Wait until the response is finished before creating a new one.", None, event_id))
             return None
-        audio = self.config.output_audio if output_audio is None else output_audio
-        limit = min(max_output_tokens or self.config.max_output_tokens, self.max_output_tokens_cap)
-        item = ConvItem(new_id("item"), "assistant", [Part("output_audio" if audio else "output_text",
-                                                          transcript="" if audio else None,
-                                                          text=None if audio else "")], status="in_progress")
-        r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter(),
-                     metadata=metadata, in_conversation=in_conversation,
-                     own_instructions=instructions is not None or tools is not None)
-        self.response = r
-        self.responses[r.id] = r
-        if len(self.responses) > 64:  # keep the recent ones (late engine events find theirs)
-            self.responses.pop(next(iter(self.responses)))
+        r, request = self._prepare_response(max_output_tokens, output_audio, speech_end, metadata, in_conversation,
+                                            own_instructions=instructions is not None or tools is not None)
         if r.own_instructions:  # put back when it is done
             self._set_instructions(self.config.instructions if instructions is None else instructions, tools)
         if context is not None:
             self._isolate(r.id, context)
-        cfg = self.config
-        self.handle.respond(m.ResponseRequest(
-            r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio, text_temperature=cfg.text_temperature,
-            audio_temperature=cfg.audio_temperature, audio_top_k=cfg.audio_top_k, seed=cfg.seed),
-            view=item if in_conversation else None)
-        self.emit(ResponseStarted(r))
+        self.handle.respond(request, view=r.item if in_conversation else None)
+        self._begin(r)
         return r
 
-    # ---- a response's own context (response.input): the conversation with only those items laid out
-    def _context_problem(self, context: list) -> tuple[str, str, str] | None:
-        """Why a context cannot be honoured: (code, message, param), or None."""
-        with self.handle.lock:
-            order = {it.id: i for i, it in enumerate(self.handle.conversation.items)}
-        last = -1
-        for i, entry in enumerate(context):
-            if isinstance(entry, str):
-                item, where = self.item(entry), f"response.input.{i}.id"
-                if item is None:
-                    return "item_not_found", f"no item {entry!r} to reference", where
-                if item.type != "message":
-                    return "invalid_value", f"a {item.type} item cannot be referenced (messages can)", where
-                if order[entry] < last:
-                    return "invalid_value", "item references must follow the conversation's order", where
-                last = order[entry]
-        return None
+    def _prepare_response(self, max_output_tokens: int | None = None, output_audio: bool | None = None,
+                          speech_end: float | None = None, metadata: dict | None = None, in_conversation: bool = True,
+                          own_instructions: bool = False) -> tuple[Response, m.ResponseRequest]:
+        """A response and its engine request, with the session's settings where the caller gives none."""
+        cfg = self.config
+        audio = cfg.output_audio if output_audio is None else output_audio
+        limit = min(max_output_tokens or cfg.max_output_tokens, self.max_output_tokens_cap)
+        item = ConvItem(new_id("item"), "assistant", [Part("output_audio" if audio else "output_text",
+                                                          transcript="" if audio else None,
+                                                          text=None if audio else "")], status="in_progress")
+        r = Response(new_id("resp"), item, audio, speech_end=speech_end, committed=time.perf_counter(),
+                     metadata=metadata, in_conversation=in_conversation, own_instructions=own_instructions)
+        return r, m.ResponseRequest(r.id, item.id, m.Mode.CHAT, max_tokens=limit, audio=audio,
+                                    text_temperature=cfg.text_temperature, audio_temperature=cfg.audio_temperature,
+                                    audio_top_k=cfg.audio_top_k, seed=cfg.seed)
 
-    def _isolate(self, response_id: str, context: list) -> None:
-        """Lay out only the instructions and `context` for this response: inline messages join as items of
-        their own, placed where they stand among the references (no view: never shown to the client); every
-        other item is hidden until the response is done. The row is rebuilt, now and after."""
-        anchor, added = INSTRUCTIONS_ID, []
-        for entry in context:
-            if not isinstance(entry, str):
-                role, text, audio = entry
-                entry = new_id("ctx")
-                self.handle.add_item(entry, role, text=text, audio=audio, after=anchor)
-                added.append(entry)
-            anchor = entry
-        keep = {INSTRUCTIONS_ID, *(e for e in context if isinstance(e, str)), *added}
-        with self.handle.lock:
-            hidden = [it for it in self.handle.conversation.items if it.id not in keep and not it.hidden]
-            for it in hidden:
-                it.hidden = True
-            self.handle.conversation.stale = True
-        self._contexts[response_id] = (hidden, added)
-
-    def _restore(self, response_id: str) -> None:
-        if response_id not in self._contexts:
-            return
-        hidden, added = self._contexts.pop(response_id)
-        for item_id in added:
-            with contextlib.suppress(KeyError):
-                self.handle.delete_item(item_id)
-        with self.handle.lock:
-            for it in hidden:
-                it.hidden = False
-            self.handle.conversation.stale = True
+    def _begin(self, r: Response) -> None:
+        self.response = r
+        self.responses[r.id] = r
+        if len(self.responses) > 64:  # keep the recent ones (late engine events find theirs)
+            self.responses.pop(next(iter(self.responses)))
+        self.emit(ResponseStarted(r))
 
     def cancel_response(self, reason: str = "client_cancelled", event_id: str | None = None,
                         quiet: bool = False) -> None:

@@ -3,6 +3,7 @@ emits for the transport adapters (server/realtime.py turns them into OpenAI Real
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -17,9 +18,24 @@ from streaming.tools import Tool
 from streaming.vad import VadConfig
 
 __all__ = [
-    "INF_TOKENS", "AudioCommitted", "ConvItem", "Event", "FunctionCall", "ItemEvent", "Part", "Response",
-    "ResponseAudio", "ResponseDone", "ResponseStarted", "ResponseText", "SessionConfig", "SessionError", "SpeechEvent",
-    "Transcription", "TurnDetection",
+    "INF_TOKENS",
+    "AudioCommitted",
+    "ConvItem",
+    "Event",
+    "FunctionCall",
+    "ItemEvent",
+    "Part",
+    "Response",
+    "ResponseAudio",
+    "ResponseDone",
+    "ResponseStarted",
+    "ResponseText",
+    "SessionConfig",
+    "SessionError",
+    "SpeechEvent",
+    "Transcription",
+    "TurnDetection",
+    "new_id",
 ]
 
 INF_TOKENS = 1 << 30  # max_output_tokens "inf": no limit but the server's cap
@@ -60,6 +76,7 @@ class SessionConfig:
     audio_top_k: int = CHAT_AUDIO_SAMPLING.top_k
     text_temperature: float = TEXT_SAMPLING.temperature
     seed: int | None = None
+    speculative_start: bool | None = None  # None: the server's default (streaming/speculation.py)
 
 
 # ---- conversation items as the client sees them
@@ -176,3 +193,8 @@ class SessionError:
 
 Event = SpeechEvent | AudioCommitted | ItemEvent | Transcription | ResponseStarted | ResponseText | ResponseAudio | \
     ResponseDone | FunctionCall | SessionError
+
+
+def new_id(prefix: str) -> str:
+    """An id as OpenAI's look: a prefix and random hex."""
+    return f"{prefix}_{secrets.token_hex(10)}"

@@ -1,6 +1,7 @@
 """The engine thread's record of each slot: commands applied to it, the runner's plan made from the
 scheduler's decisions, and responses updated from the runner's result. Events are collected here; the
-engine fans them out once per iteration.
+engine fans them out once per iteration. Speculative starts (streaming/speculation.py) are begun, confirmed
+and undone here too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from streaming.messages import (
     Cancel,
     Close,
     Command,
+    Confirm,
+    Drop,
     EngineStats,
     Event,
     ItemAdded,
@@ -34,6 +37,7 @@ from streaming.messages import (
     ResponseDone,
     ResponseRequest,
     SessionFailed,
+    Speculate,
     Status,
     Timings,
     Transcribe,
@@ -42,6 +46,7 @@ from streaming.messages import (
 from streaming.response import Response
 from streaming.runner import Prefill, StepPlan, StepResult
 from streaming.scheduler import Scheduler, SlotView
+from streaming.speculation import Speculation
 
 __all__ = ["Slot", "Slots"]
 
@@ -62,16 +67,25 @@ class Slot:
     transcriptions: list[Transcribe] = field(default_factory=list)  # waiting for their clip
     waiting_since: float = 0.0
     skipped_last: bool = False
+    spec: Speculation | None = None  # a turn prepared before its commit
+
+    @property
+    def speculating(self) -> bool:
+        """Working on a turn that is not committed yet."""
+        return self.spec is not None and self.spec.live
 
 
 class Slots:
     def __init__(self, cfg: AudioModelConfig, tokenizer: TextTokenizer, scheduler: Scheduler, max_context: int,
-                 stats: EngineStats) -> None:
+                 stats: EngineStats, stats_lock: threading.Lock | None = None) -> None:
         self.cfg, self.tokenizer, self.scheduler, self.stats = cfg, tokenizer, scheduler, stats
+        self._stats_lock = stats_lock or threading.Lock()  # the engine's, for the sample lists
         self.max_context = max_context
         self._table: dict[int, Slot] = {}  # slot index -> its record (the scheduler says who owns which)
         self._events: list[tuple[Slot, Event]] = []
         self._resets: list[int] = []  # rows to clear at the next step
+        self._restores: list[int] = []  # rows whose speculative work is undone at the next step
+        self._forgets: list[int] = []  # rows whose speculation was confirmed: their snapshots go
         self._starts: list = []  # responses whose runner state starts at the next step
         self._encoding: tuple[Slot, Item] | None = None  # the clip in this step
         self._clip_last = False  # the last iteration was a clip's
@@ -80,13 +94,19 @@ class Slots:
         self.last_step_s = 0.0
 
     def busy(self) -> bool:
-        return any(s.clips or s.response or s.queued or s.transcriptions for s in self._table.values())
+        """Work to do (a speculation that waits for its commit is not: the engine may sleep until a command)."""
+        return bool(self._restores) or any(s.clips or s.queued or s.transcriptions or (
+            s.response and not (s.speculating and s.spec.parked and not s.response.finishing))
+            for s in self._table.values())
 
     def take_events(self) -> list[tuple[Slot, Event]]:
         events, self._events = self._events, []
         return events
 
     def _emit(self, slot: Slot, *events: Event) -> None:
+        if slot.speculating:  # nothing reaches the session before the commit
+            slot.spec.held.extend(e for e in events if not isinstance(e, SessionFailed))
+            events = tuple(e for e in events if isinstance(e, SessionFailed))
         self._events.extend((slot, e) for e in events)
 
     # ---- commands
@@ -114,6 +134,13 @@ class Slots:
                     self._cancel(slot, reason)
                 case Close():
                     self._release(slot)
+                case Speculate():
+                    self._speculate(slot, cmd)
+                case Confirm(response_id=rid):
+                    self._confirm(slot, rid)
+                case Drop(response_id=rid):
+                    if slot.spec is not None and slot.spec.response_id == rid:
+                        self._undo(slot)
         except Exception as e:  # a bad request fails only its session
             log.exception("session %d: %s failed", slot.session, type(cmd).__name__)
             self.fail(slot, f"{type(cmd).__name__} failed: {e}")
@@ -136,11 +163,78 @@ class Slots:
         self._starts.append(r.start(slot.index))
         # Drop the oldest turns (never the system prompt or a response's item) until the history plus some
         # room to answer fits; the state is then rebuilt from the kept history.
-        room = min(request.max_tokens, self.max_context // 4)
+        room = self._room(request)
         keep = (item.id, *(i.id for _, i in slot.queued))
         with slot.lock:
             while slot.conv.length() + room > self.max_context and slot.conv.drop_oldest(keep) is not None:
                 pass
+
+    def _room(self, request: ResponseRequest) -> int:
+        return min(request.max_tokens, self.max_context // 4)
+
+    # ---- speculative starts (streaming/speculation.py)
+    def _speculate(self, slot: Slot, cmd: Speculate) -> None:
+        with slot.lock:
+            items = {it.id: it for it in slot.conv.items}
+            fits = slot.conv.length() + self._room(cmd.request) <= self.max_context
+        user, assistant = items.get(cmd.user_item_id), items.get(cmd.request.item_id)
+        if user is None or assistant is None:
+            return  # dropped before the engine got to it
+        if slot.spec is not None:
+            self._undo(slot)
+        # It runs ahead only on an idle slot and a history that needs no trimming (that could not be undone).
+        live = fits and not (slot.response or slot.queued or slot.clips or slot.transcriptions)
+        slot.spec = spec = Speculation(cmd.request, user, assistant, cmd.audio, live, time.perf_counter())
+        if live:
+            self.stats.speculative_starts += 1
+            slot.clips.append((user, cmd.audio))
+            self._start(slot, cmd.request, assistant)
+            spec.response, spec.start = slot.response, self._starts[-1]
+
+    def _confirm(self, slot: Slot, response_id: str) -> None:
+        spec = slot.spec
+        if spec is None or spec.response_id != response_id:
+            return
+        slot.spec = None
+        if not spec.live:  # it never ran ahead: the turn runs now, as any other
+            slot.clips.append((spec.user, spec.audio))
+            if slot.response is not None:
+                slot.queued.append((spec.request, spec.assistant))
+            else:
+                self._start(slot, spec.request, spec.assistant)
+            return
+        now = time.perf_counter()
+        self.stats.speculative_hits += 1
+        with self._stats_lock:
+            self.stats.speculative_saved_seconds.append(spec.saved_s(now))
+            del self.stats.speculative_saved_seconds[:-10_000]
+        r = spec.response
+        if r.timings.first_audio is not None:  # the client's playback starts now
+            r.timings.first_audio = now
+        self._forgets.append(slot.index)
+        self._events.extend((slot, e) for e in spec.held)
+
+    def _undo(self, slot: Slot) -> None:
+        """Drop a speculation: the slot exactly as before it."""
+        spec, slot.spec = slot.spec, None
+        if not spec.live:
+            return  # nothing ran; its items were never laid out in the row
+        self.stats.speculative_drops += 1
+        if slot.response is spec.response:
+            slot.response = None
+        slot.clips = deque(c for c in slot.clips if c[0] is not spec.user)
+        self._starts = [s for s in self._starts if s is not spec.start]
+        with slot.lock:
+            slot.conv.items[:] = [it for it in slot.conv.items if it is not spec.user and it is not spec.assistant]
+            if spec.position is not None:
+                slot.conv.position = spec.position
+                slot.conv.stale = slot.conv.stale or spec.stale
+        self._restores.append(slot.index)
+
+    def _withdrawn(self, slot: Slot) -> bool:
+        """The session took its speculation back (its items left the conversation) before the engine's Drop."""
+        with slot.lock:
+            return not any(it is slot.spec.user for it in slot.conv.items)
 
     def _cancel(self, slot: Slot, reason: str) -> None:
         while slot.queued:
@@ -205,8 +299,11 @@ class Slots:
 
     # ---- one iteration: the plan
     def schedule(self) -> StepPlan:
-        plan = StepPlan(reset=self._resets, start=self._starts)
-        self._resets, self._starts = [], []
+        for slot in self._table.values():
+            if slot.speculating and self._withdrawn(slot):
+                self._undo(slot)
+        plan = StepPlan(reset=self._resets, start=self._starts, restore=self._restores, forget=self._forgets)
+        self._resets, self._starts, self._restores, self._forgets = [], [], [], []
         for slot in self._table.values():
             r = slot.response
             if r is not None and r.cancel_reason and not r.finishing:
@@ -218,19 +315,25 @@ class Slots:
                     plan.flush.append(slot.index)
         if plan.flush:
             return plan  # a step of its own (it is short): the responses' ends reach their clients first
+        now = time.perf_counter()
+        ready = [s for s in self._table.values() if s.response is not None and not s.response.finishing and not s.clips]
+        views = [self._view(s, now) for s in ready if not s.speculating]
+        ahead = [s for s in self._table.values() if s.speculating and not s.spec.parked]
+        allowed = bool(ahead) and self.scheduler.may_speculate(views, self.last_step_s, extra_rows=len(ahead))
         # A clip gets an iteration of its own (about a decode step's cost), every other iteration at most,
         # so that its session can prefill right after it and the others' decode steps keep coming.
         if not self._clip_last:
-            for slot in sorted(self._table.values(), key=lambda s: not s.transcriptions):
-                if slot.clips:
+            for slot in sorted(self._table.values(), key=lambda s: (s.speculating, not s.transcriptions)):
+                if slot.clips and (allowed or not slot.speculating):
                     item, audio = slot.clips.popleft()
                     self._encoding, self._clip_last = (slot, item), True
                     plan.encode.append((slot.index, audio))
+                    if slot.speculating:
+                        slot.spec.worked(now)
                     return plan
         self._clip_last = False
-        now = time.perf_counter()
-        views = [self._view(s, now) for s in self._table.values()
-                 if s.response is not None and not s.response.finishing and not s.clips]
+        if allowed:
+            views += [self._view(s, now) for s in ahead if s in ready]
         decided = self.scheduler.schedule(views, self.last_step_s)
         self.stats.queue_depth = sum(1 for v in views if v.pending_positions > 0)
         self.stats.skipped_rows += len(decided.skipped)
@@ -243,6 +346,8 @@ class Slots:
         for index in decode:
             slot = self._table[index]
             plan.decode.append(slot.response.decode(index, slot.conv.position))
+            if slot.speculating:
+                slot.spec.worked(now)
         return plan
 
     def _view(self, slot: Slot, now: float) -> SlotView:
@@ -250,12 +355,20 @@ class Slots:
         with slot.lock:
             pending = 0 if r.prefilled else max(1, slot.conv.pending_length())
         return SlotView(slot.index, slot.waiting_since, pending, r.prefilled, r.lead_s(now), slot.skipped_last,
-                        awaiting_audio=r.awaiting_audio)
+                        awaiting_audio=r.awaiting_audio, speculative=slot.speculating)
 
     def _prefill(self, plan: StepPlan, slot: Slot, n: int) -> bool:
         """The next chunk of a slot's prefill (n positions); True if it is the last."""
         r, conv = slot.response, slot.conv
+        spec = slot.spec if slot.speculating else None
         with slot.lock:
+            if spec is not None and not any(it is spec.user for it in conv.items):
+                return False  # withdrawn by the session just now: undone at the next iteration
+            if spec is not None and spec.position is None:  # its first prefill: what the row goes back to
+                spec.position, spec.stale = conv.position, conv.stale
+                plan.snapshot.append(slot.index)
+            if spec is not None:
+                spec.worked(time.perf_counter())
             reset = conv.stale
             if reset:
                 conv.reset()

@@ -12,7 +12,8 @@ import webrtcvad
 from models.defaults import INPUT_RATE
 from streaming.audio import float_to_pcm16
 
-__all__ = ["FRAME_MS", "SpeechStarted", "SpeechStopped", "TurnDetector", "VadConfig", "aggressiveness"]
+__all__ = ["FRAME_MS", "SpeechPaused", "SpeechResumed", "SpeechStarted", "SpeechStopped", "TurnDetector", "VadConfig",
+           "aggressiveness"]
 
 FRAME_MS = 30
 _FRAME = INPUT_RATE * FRAME_MS // 1000
@@ -59,13 +60,35 @@ class SpeechStopped:
     speech_end_ms: int | None = None  # the end of the last speech (t_speech_end for latency metrics)
 
 
+@dataclass(frozen=True)
+class SpeechPaused:
+    """Silence has lasted `pause_ms` (or the whole silence window, if that is shorter) within a turn: where a
+    speculative start begins (streaming/speculation.py). The turn is not over: a SpeechResumed or a SpeechStopped
+    follows."""
+
+    audio_end_ms: int  # now
+    speech_end_ms: int  # the end of the last speech: a SpeechStopped without new speech reports the same
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back after a SpeechPaused, before the turn ended: the same turn goes on."""
+
+    audio_ms: int
+
+
+TurnEvent = SpeechStarted | SpeechStopped | SpeechPaused | SpeechResumed
+
+
 class TurnDetector:
     """Speech starts after a run of voiced frames worth min_speech_ms (beyond webrtcvad's hangover, so clicks do
     not count); it stops once silence_duration_ms passed since the last such speech. Short voiced blips inside
-    the silence neither start a turn nor extend one."""
+    the silence neither start a turn nor extend one. With `pause_ms`, a turn's silence reports SpeechPaused when it
+    has lasted that long (at most the silence window) and SpeechResumed if speech comes back before the stop."""
 
-    def __init__(self, config: VadConfig | None = None, min_speech_ms: int = 90):
+    def __init__(self, config: VadConfig | None = None, min_speech_ms: int = 90, pause_ms: int | None = None):
         self.min_speech_ms = min_speech_ms
+        self.pause_ms = pause_ms
         self.config = config or VadConfig()
         self.mode = aggressiveness(self.config.threshold)
         self.reset()
@@ -84,6 +107,7 @@ class TurnDetector:
         self._run = 0  # the current run of voiced frames
         self._voice_end = 0  # frame index just after the last confirmed speech
         self._stopped_at = 0
+        self._paused = False
         self.speaking = False
 
     @property
@@ -96,7 +120,7 @@ class TurnDetector:
         start = max(0, start_ms - self.config.prefix_padding_ms)
         return start * INPUT_RATE // 1000, end_ms * INPUT_RATE // 1000
 
-    def push(self, x: np.ndarray) -> list[SpeechStarted | SpeechStopped]:
+    def push(self, x: np.ndarray) -> list[TurnEvent]:
         x = np.asarray(x, dtype=np.float32).reshape(-1)
         if self._rest.size:
             x = np.concatenate([self._rest, x])
@@ -107,12 +131,10 @@ class TurnDetector:
         for i in range(n):
             voiced = self._vad.is_speech(pcm[i * 2 * _FRAME : (i + 1) * 2 * _FRAME], INPUT_RATE)
             self._frames += 1
-            event = self._step(voiced and self._frames > _WARMUP)
-            if event is not None:
-                events.append(event)
+            events.extend(self._step(voiced and self._frames > _WARMUP))
         return events
 
-    def _step(self, voiced: bool) -> SpeechStarted | SpeechStopped | None:
+    def _step(self, voiced: bool) -> list[TurnEvent]:
         hang1, hang2 = _HANG[self.mode]
         need = hang1 + math.ceil(self.min_speech_ms / FRAME_MS)
         if voiced:
@@ -122,7 +144,10 @@ class TurnDetector:
                 if not self.speaking:
                     self.speaking = True
                     start = max((self._frames - self._run) * FRAME_MS, self._stopped_at)
-                    return SpeechStarted(start)
+                    return [SpeechStarted(start)]
+                if self._paused:
+                    self._paused = False
+                    return [SpeechResumed((self._frames - self._run) * FRAME_MS)]
         else:
             if self._run >= need:
                 hang = hang2 if self._run > _MAX_SPEECH + hang2 else hang1
@@ -131,8 +156,13 @@ class TurnDetector:
             self._run = 0
         # Silence runs up to the start of a voiced run still in progress: that run may yet prove to be speech.
         silence = (self._frames - self._run - self._voice_end) * FRAME_MS
-        if self.speaking and silence >= self.config.silence_duration_ms:
-            self.speaking = False
+        events: list[TurnEvent] = []
+        window = self.config.silence_duration_ms
+        if self.speaking and self.pause_ms is not None and not self._paused and silence >= min(self.pause_ms, window):
+            self._paused = True
+            events.append(SpeechPaused(self.now_ms, self._voice_end * FRAME_MS))
+        if self.speaking and silence >= window:
+            self.speaking = self._paused = False
             self._stopped_at = self.now_ms
-            return SpeechStopped(self.now_ms, self._voice_end * FRAME_MS)
-        return None
+            events.append(SpeechStopped(self.now_ms, self._voice_end * FRAME_MS))
+        return events

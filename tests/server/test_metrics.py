@@ -19,7 +19,8 @@ NAMES = {
     "lfm_audio_engine_steps", "lfm_audio_engine_prefill_positions", "lfm_audio_engine_skipped_rows",
     "lfm_audio_engine_sessions_failed", "lfm_audio_build_info", "lfm_audio_event_loop_lag_seconds",
     "lfm_audio_playback_gap_seconds",
-    "lfm_audio_error_events",
+    "lfm_audio_error_events", "lfm_audio_speculative_starts", "lfm_audio_speculative_hits",
+    "lfm_audio_speculative_drops", "lfm_audio_speculative_time_saved_seconds",
 }  # as the parser names families: counters without _total
 LABELS = {"transport", "since", "type", "reason", "code", *BUILD_LABELS}  # small fixed sets: never a session id
 UNITLESS = {"lfm_audio_decode_batch_size"}  # a count of sessions
