@@ -21,6 +21,8 @@ NAMES = {
     "lfm_audio_playback_gap_seconds",
     "lfm_audio_error_events", "lfm_audio_speculative_starts", "lfm_audio_speculative_hits",
     "lfm_audio_speculative_drops", "lfm_audio_speculative_time_saved_seconds",
+    *(f"lfm_audio_process_{n}" for n in ("cpu_seconds", "open_fds", "max_fds", "resident_memory_bytes",
+                                         "virtual_memory_bytes", "start_time_seconds")),
 }  # as the parser names families: counters without _total
 LABELS = {"transport", "since", "type", "reason", "code", *BUILD_LABELS}  # small fixed sets: never a session id
 UNITLESS = {"lfm_audio_decode_batch_size"}  # a count of sessions
