@@ -4,6 +4,7 @@ PromQL expression, the dashboard's queries as plain PromQL, and promtool."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,6 +57,7 @@ def exercised_metrics() -> Metrics:
     m.audio_out(2.0)
     m.response(ttfa_speech_end_s=0.9, ttfa_commit_s=0.4, ttft_s=0.2, rtf=0.7)
     m.event_loop_lag(0.003)
+    m.watch_runner_process(os.getpid())  # any live process: its /proc reads as the runner's would
     m.update_from(EngineStats(slots_total=4, slots_used=1, steps=3, step_seconds=[0.02], batch_sizes=[1],
                               prefill_seconds=[0.05], prefill_positions=10, queue_depth=1,
                               skipped_rows=1, sessions_failed=1, alive=True))
