@@ -331,7 +331,7 @@ class RealtimeAdapter:
             self.emit("response.output_text.done", **where, text=r.item.content[0].text or "")
         self.emit("response.content_part.done", **where, part=part_json(r))
         self.emit("response.output_item.done", response_id=r.id, output_index=0, item=item_json(r.item))
-        if r.in_conversation:
+        if r.in_conversation and self.session.item(r.item.id) is not None:  # not deleted while it ran
             self.emit("conversation.item.done", item=item_json(r.item))
         self.emit("response.done", response=response_json(r, self.conversation_id))
         if self.on_response is not None:
