@@ -1,5 +1,5 @@
-"""What the live fuzzer (tests/reliability/test_fuzz_live.py) found, each pinned here in process on the
-scripted engine."""
+"""What the live fuzzers found (tests/reliability/test_fuzz_live.py over WebSockets, test_openapi_fuzz.py with
+schemathesis over REST), each pinned here in process on the scripted engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 
 from server import log_filters
-from tests.server.fake_engine import realtime, reply, served
+from tests.server.fake_engine import AUTH, realtime, reply, served
 from tests.streaming.fakes import FakeRunner
 
 
@@ -53,3 +53,19 @@ def test_a_text_frame_that_is_not_utf8_is_logged_as_the_clients_fault():
     assert (record.levelno, record.exc_info, record.getMessage()) == (
         logging.INFO, None, "a client sent a text frame that is not UTF-8: closed with 1007")
     assert other.levelno == logging.ERROR  # a server error stays one
+
+
+def test_the_frameworks_own_http_errors_come_in_the_error_body(tiny):
+    """A body that does not parse, an unknown path, a method the path does not take: Starlette and FastAPI
+    answered `{"detail": ...}` (or plain text); every error now has the body of server/errors.py."""
+    with served(tiny) as srv:
+        unparsable = srv.client.post("/v1/audio/speech", content=b"\xff{", headers={
+            **AUTH, "Content-Type": "application/json"})
+        unknown = srv.client.get("/v1/no-such-thing", headers=AUTH)
+        method = srv.client.delete("/v1/models", headers=AUTH)
+    for reply_, status, code in ((unparsable, 400, "invalid_request"), (unknown, 404, "not_found"),
+                                 (method, 405, "method_not_allowed")):
+        error = reply_.json()["error"]
+        assert (reply_.status_code, error["code"]) == (status, code), reply_.text
+        assert set(error) == {"type", "code", "message", "param", "event_id"}
+    assert "GET" in method.headers["allow"]  # the header Starlette set stays
