@@ -165,6 +165,8 @@ class RealtimeAdapter:
             audio = base64.b64decode(data["audio"], validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("invalid_value", "audio is not valid base64", "audio") from None
+        if problem := validation.container_problem(audio, "audio"):
+            raise ProtocolError(*problem)
         self.session.append_audio(audio, cid)
 
     def _on_input_audio_buffer_commit(self, data: dict, cid: str | None) -> None:
@@ -199,6 +201,8 @@ class RealtimeAdapter:
                 except (binascii.Error, ValueError):
                     raise ProtocolError("invalid_value", "audio is not valid base64",
                                         f"item.content.{i}.audio") from None
+                if problem := validation.container_problem(raw, f"item.content.{i}.audio"):
+                    raise ProtocolError(*problem)
                 audio = _decode_clip(raw, self.session.config.input_format)
                 if problem := validation.clip_problem(audio, f"item.content.{i}.audio"):
                     raise ProtocolError(*problem)

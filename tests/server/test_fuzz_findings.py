@@ -3,8 +3,11 @@ schemathesis over REST), each pinned here in process on the scripted engine."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import sys
+
+import numpy as np
 
 from server import log_filters
 from tests.server.fake_engine import AUTH, realtime, reply, served
@@ -69,3 +72,32 @@ def test_the_frameworks_own_http_errors_come_in_the_error_body(tiny):
         assert (reply_.status_code, error["code"]) == (status, code), reply_.text
         assert set(error) == {"type", "code", "message", "param", "event_id"}
     assert "GET" in method.headers["allow"]  # the header Starlette set stays
+
+
+def test_a_full_input_buffer_says_so_once_and_the_speakers_turn_still_ends(tiny, say):
+    """Server VAD, speech longer than the buffer holds: one overflow error (not one per append), and the turn
+    ends when the speaker stops (the refused audio still reaches turn detection): before, no end was heard
+    and the session stayed in its turn until the client committed or cleared."""
+    speech = np.tile(say("and then I went on talking without a pause", 24_000), 2)  # ~5 s
+    with served(tiny, max_input_buffer_s=1.0) as srv, realtime(srv.client) as rt:
+        rt.update(audio={"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300}}})
+        rt.append(np.concatenate([speech, np.zeros(24_000, np.float32)]), chunk_ms=100)
+        stopped = rt.until("input_audio_buffer.speech_stopped")
+        rt.until("input_audio_buffer.committed")
+        rt.until("response.done")
+    errors = [e["error"]["code"] for e in rt.events if e["type"] == "error"]
+    assert errors == ["input_audio_buffer_overflow"]
+    assert stopped["audio_end_ms"] > 1000 * len(speech) / 24_000 - 500  # where the speech ended, past the buffer
+
+
+def test_a_file_header_where_raw_samples_belong_is_refused(tiny):
+    with served(tiny) as srv, realtime(srv.client) as rt:
+        for n, head in enumerate([b"RIFF\x24\x00\x00\x00WAVEfmt ", b"OggS\x00\x02", b"fLaC", b"ID3\x04"]):
+            rt.send({"type": "input_audio_buffer.append", "event_id": f"file{n}",
+                     "audio": base64.b64encode(head + bytes(960)).decode()})
+            error = rt.until("error")["error"]
+            assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "audio", f"file{n}")
+        rt.send({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"RIFF" + bytes(960)).decode()})
+        rt.send({"type": "input_audio_buffer.commit", "event_id": "raw"})  # "RIFF" without WAVE: samples
+        error = rt.until("error")["error"]
+    assert error["event_id"] == "raw" and error["code"] == "input_audio_buffer_commit_empty"  # 20 ms: heard
