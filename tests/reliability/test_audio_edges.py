@@ -18,8 +18,7 @@ import pytest
 
 from models.defaults import MAX_INPUT_BUFFER_S
 from streaming.audio import AudioFormat, OutputEncoder, float_to_pcm16
-from tests.reliability.test_fuzz_live import KEY, Live, _clean_log
-from tests.server.harness import ServerProcess
+from tests.reliability.test_fuzz_live import Live, _clean_log
 from tests.server.test_fuzz import _completes_a_turn
 
 WIRE_RATE = 24_000  # audio/pcm's rate
@@ -28,12 +27,9 @@ VAD = {"type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 30
 MS_SLACK = 5  # committed audio_ms vs what was sent: whole ms, and the resampler's few held-back samples
 
 
-@pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory):
-    # slots to spare: each item's transcription takes one while it runs, beside its session's
-    with ServerProcess(tiny_dir, tmp_path_factory.mktemp("audio-edges"), env={"LFM_AUDIO_API_KEYS": KEY},
-                       args=["--max-sessions", "6"]) as srv:
-        yield srv
+@pytest.fixture
+def server(live_server):
+    return live_server
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +92,7 @@ def _finish(rt: Live) -> None:
     rt.close()
 
 
+@pytest.mark.slow
 def test_empty_appends_are_nothing_and_odd_byte_counts_lose_no_sample(server):
     rt = _session(server)
     for _ in range(5):
@@ -178,6 +175,7 @@ def test_a_ten_minute_monologue_hits_the_input_limit_once_and_the_turn_still_end
     _finish(rt)
 
 
+@pytest.mark.slow
 def test_a_file_where_raw_samples_belong_is_refused_and_other_mismatches_are_heard(server, tmp_path):
     import wave
 
@@ -199,7 +197,7 @@ def test_a_file_where_raw_samples_belong_is_refused_and_other_mismatches_are_hea
     assert abs(_heard_ms(rt, item["id"]) - 1000 * len(mulaw) / 2 / WIRE_RATE) <= MS_SLACK
     rt.close()
     rt = _session(server, fmt="audio/pcmu")  # declared G.711, sent pcm16: a byte a sample at 8 kHz, noise
-    pcm = _pcm16(0.3 * np.sin(np.arange(WIRE_RATE) / 5))
+    pcm = _pcm16(0.3 * np.sin(np.arange(WIRE_RATE // 4) / 5))
     _append(rt, pcm)
     item, errors = _commit_and_answer(rt)
     assert errors == [] and abs(_heard_ms(rt, item["id"]) - 1000 * len(pcm) / G711_RATE) <= MS_SLACK

@@ -24,11 +24,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from server.settings import Settings
+from tests.reliability.conftest import LIVE_KEY
 from tests.server.fake_engine import SERVER_EVENT
 from tests.server.harness import ServerProcess
 from tests.server.test_fuzz import Built, _completes_a_turn, _until_probe, events, raw_frames
 
-KEY = "sk-fuzz-live-0123456789"
+KEY = LIVE_KEY
 AUTH = {"Authorization": f"Bearer {KEY}"}
 DEFAULT_EXAMPLES = 90  # sequences per run (about 1,900 events, 18 s here)
 EXAMPLES = int(os.environ.get("FUZZ_LIVE_EXAMPLES", DEFAULT_EXAMPLES))  # more for a longer hunt
@@ -179,10 +180,9 @@ def _clean_log(server: ServerProcess) -> None:
     assert KEY not in log
 
 
-@pytest.fixture(scope="module")
-def server(tiny_dir, tmp_path_factory):
-    with ServerProcess(tiny_dir, tmp_path_factory.mktemp("fuzz-live"), env={"LFM_AUDIO_API_KEYS": KEY}) as srv:
-        yield srv
+@pytest.fixture
+def server(live_server):
+    return live_server
 
 
 @pytest.mark.slow
