@@ -22,9 +22,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from server.auth import Auth
-from server.errors import ApiError, api_error_response, invalid_request_response
+from server.errors import ApiError, api_error_response, http_error_response, invalid_request_response
 from server.metrics import Metrics
 from server.security import KeyLimits, SecurityHeaders
 from server.settings import Settings
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None, *, load: Callable[[Settings], L
     app.state.lfm = state
     app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(RequestValidationError, invalid_request_response)
+    app.add_exception_handler(HTTPException, http_error_response)
     app.add_middleware(drain.RefuseUpgradesWhileDraining, state=state)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:

@@ -98,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
+    from server import log_filters
     from server.app import create_app
     from server.drain import DrainingServer
     from server.settings import Settings
@@ -117,6 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             ws_max_size=2 * settings.max_event_bytes,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
                             ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
+    log_filters.install()  # after uvicorn.Config: it configures uvicorn's loggers
     server = DrainingServer(config, app.state.lfm)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
         server.run()

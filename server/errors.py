@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 __all__ = [
     "CLOSE_POLICY", "CLOSE_TRY_LATER", "ApiError", "Refused", "api_error_response", "error_body",
-    "invalid_request_response",
+    "http_error_response", "invalid_request_response",
 ]
 
 CLOSE_POLICY = 1008  # WebSocket close code: authentication failed, or a bad session config
 CLOSE_TRY_LATER = 1013  # WebSocket close code: server full or not ready
+# the code of an HTTP error raised by Starlette or FastAPI themselves (not by our routes), by status
+HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+              415: "unsupported_media_type"}
 
 
 def error_body(code: str, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
@@ -62,3 +66,14 @@ async def invalid_request_response(request: Request, exc: RequestValidationError
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
     message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
     return ApiError(400, "invalid_value", message, param=param).response()
+
+
+async def http_error_response(request: Request, exc: HTTPException) -> Response:
+    """Starlette's and FastAPI's own HTTP errors (a body that does not parse, an unknown path, a method the path
+    does not take) in the same body as every other error, not `{"detail": ...}` (found by schemathesis)."""
+    if exc.status_code in (204, 304):  # no body allowed
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = HTTP_CODES.get(exc.status_code, "server_error" if exc.status_code >= 500 else "invalid_request")
+    body = error_body(code, str(exc.detail), type_="server_error" if exc.status_code >= 500 else
+                      "invalid_request_error")
+    return JSONResponse({"error": body}, exc.status_code, headers=exc.headers)  # headers: Allow on a 405

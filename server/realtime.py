@@ -165,6 +165,8 @@ class RealtimeAdapter:
             audio = base64.b64decode(data["audio"], validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("invalid_value", "audio is not valid base64", "audio") from None
+        if problem := validation.container_problem(audio, "audio"):
+            raise ProtocolError(*problem)
         self.session.append_audio(audio, cid)
 
     def _on_input_audio_buffer_commit(self, data: dict, cid: str | None) -> None:
@@ -204,6 +206,8 @@ class RealtimeAdapter:
                 except (binascii.Error, ValueError):
                     raise ProtocolError("invalid_value", "audio is not valid base64",
                                         f"{where}.content.{i}.audio") from None
+                if problem := validation.container_problem(raw, f"{where}.content.{i}.audio"):
+                    raise ProtocolError(*problem)
                 audio = _decode_clip(raw, self.session.config.input_format)
                 if problem := validation.clip_problem(audio, f"{where}.content.{i}.audio"):
                     raise ProtocolError(*problem)
@@ -360,7 +364,7 @@ class RealtimeAdapter:
             self.emit("response.output_text.done", **where, text=r.item.content[0].text or "")
         self.emit("response.content_part.done", **where, part=part_json(r))
         self.emit("response.output_item.done", response_id=r.id, output_index=0, item=item_json(r.item))
-        if r.in_conversation:
+        if r.in_conversation and self.session.item(r.item.id) is not None:  # not deleted while it ran
             self.emit("conversation.item.done", item=item_json(r.item))
         self.emit("response.done", response=response_json(r, self.conversation_id))
         if self.on_response is not None:

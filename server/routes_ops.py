@@ -1,11 +1,14 @@
-"""Operations: liveness, readiness, Prometheus metrics."""
+"""Operations: liveness, readiness, Prometheus metrics. The probes are open (orchestrators call them without
+credentials); /metrics needs an API key when keys are configured, unless the `metrics_public` setting opens it."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 
-from server.deps import State
+from server.deps import State, authenticate
 
 __all__ = ["router"]
 
@@ -32,9 +35,12 @@ async def readyz(state: State) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(state: State) -> Response:
-    if state.metrics is None:
+async def metrics(state: State, authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus text format. `Authorization: Bearer <api key>` unless the server's metrics are public."""
+    if state.metrics is None:  # still loading (says nothing more than /readyz does)
         return Response("starting\n", status_code=503, media_type="text/plain")
+    if not state.settings.metrics_public:
+        authenticate(state, authorization)  # raises Refused (401 with the error body); an open server passes
     state.metrics.update_from(state.engine.stats())
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
         description="key that signs client secrets; set the same one on every replica (default: random per process)")
     client_secret_ttl_s: int = Field(CLIENT_SECRET_TTL_S, ge=MIN_TTL_S, le=MAX_TTL_S,
                                      description="default lifetime of a client secret, seconds")
+    metrics_public: bool = Field(False, description="serve /metrics without an API key (default: when keys are "
+                                 "configured it needs one, like every endpoint but the probes /healthz and /readyz)")
     max_sessions_per_key: int | None = Field(
         None, ge=1, description="concurrent sessions one API key may hold (default: no limit but max_sessions)")
     new_sessions_per_minute: int | None = Field(

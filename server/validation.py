@@ -21,8 +21,8 @@ from models.defaults import INPUT_RATE
 from models.generation import Modality
 from streaming.session import MIN_COMMIT_MS
 
-__all__ = ["MAX_DEPTH", "SEED_RANGE", "Problem", "byte_size", "clip_problem", "instructions_problem",
-           "raw_event_id", "references_as_messages", "session_update", "too_deep"]
+__all__ = ["MAX_DEPTH", "SEED_RANGE", "Problem", "byte_size", "clip_problem", "container_problem",
+           "instructions_problem", "raw_event_id", "references_as_messages", "session_update", "too_deep"]
 
 MAX_DEPTH = 32  # JSON nesting: the deepest event the protocol defines is under 10 levels
 SEED_RANGE = (0, 2 ** 64 - 1)  # what torch.Generator.manual_seed accepts
@@ -171,3 +171,19 @@ def references_as_messages(data: dict) -> dict:
         return data
     swapped = [_PLACEHOLDER if isinstance(e, dict) and e.get("type") == "item_reference" else e for e in entries]
     return {**data, "response": {**response, "input": swapped}}
+
+
+# Files sent where raw samples belong: the one format mismatch the bytes give away. (pcm16 sent as G.711, or the
+# other way round, or at another rate, cannot be told from the bytes: every byte string is valid in each.)
+_CONTAINERS = ((b"RIFF", 8, b"WAVE", "a WAV file"), (b"OggS", 0, b"", "an Ogg file"), (b"fLaC", 0, b"", "a FLAC file"),
+               (b"ID3", 0, b"", "an MP3 file"), (b"\x1aE\xdf\xa3", 0, b"", "a WebM/Matroska file"))
+
+
+def container_problem(raw: bytes, param: str) -> Problem | None:
+    """Audio that starts with a file header (WAV, Ogg, FLAC, MP3, WebM) instead of raw samples."""
+    for magic, at, second, what in _CONTAINERS:
+        if raw.startswith(magic) and raw[at:at + len(second)] == second:
+            return Problem("invalid_value", f"the audio is {what}: send raw samples in the session's "
+                           "audio.input.format (audio/pcm: 16-bit little-endian mono at 24 kHz; audio/pcmu, "
+                           "audio/pcma: G.711 at 8 kHz)", param)
+    return None

@@ -93,6 +93,7 @@ class Session(SpeculativeTurns, ResponseContexts):
         self._vad = self._new_detector()
         self._buffer = SampleBuffer()  # 16 kHz input since the last commit
         self._buffer_start_ms = 0  # session timeline ms of _buffer[0]
+        self._overflowed = False  # the buffer filled up: input is refused (and was said once) until a commit or clear
         self._written_ms = 0.0  # total input written, ms
         self._received_ms = 0.0  # total input received, ms: ahead of _written_ms by what the resampler holds
         self._speech: tuple[str, int, float] | None = None  # (item id, start ms, wall time) while speaking
@@ -160,14 +161,19 @@ class Session(SpeculativeTurns, ResponseContexts):
             self._take(pcm, event_id)
 
     def _take(self, pcm: np.ndarray, event_id: str | None = None) -> None:
-        if (len(self._buffer) + len(pcm)) / INPUT_RATE > self.max_buffer_s:
-            self.emit(SessionError("input_audio_buffer_overflow",
-                                   f"the input audio buffer holds at most {self.max_buffer_s:g} s; commit or clear it",
-                                   "audio", event_id))
-            return
-        self._buffer.append(pcm)
+        if self._overflowed or (len(self._buffer) + len(pcm)) / INPUT_RATE > self.max_buffer_s:
+            # Full: refused until the buffer is committed or cleared, said once (not once per append). The
+            # timeline and turn detection still count the refused audio, so a monologue's turn ends when the
+            # speaker stops and commits what the buffer kept.
+            if not self._overflowed:
+                self._overflowed = True
+                self.emit(SessionError("input_audio_buffer_overflow", f"the input audio buffer holds at most "
+                                       f"{self.max_buffer_s:g} s; the audio after that is dropped until it is "
+                                       "committed or cleared", "audio", event_id))
+        else:
+            self._buffer.append(pcm)
+            self.input_audio_s += len(pcm) / INPUT_RATE
         self._written_ms += 1000 * len(pcm) / INPUT_RATE
-        self.input_audio_s += len(pcm) / INPUT_RATE
         if self._vad is not None:
             for ev in self._vad.push(pcm):
                 self._on_vad(ev)
@@ -244,7 +250,11 @@ class Session(SpeculativeTurns, ResponseContexts):
         b = max(a, round((end_ms - self._buffer_start_ms) * INPUT_RATE / 1000))
         clip = self._buffer.take(a, b)  # a copy: the engine keeps it
         self._buffer_start_ms = end_ms
-        if until_ms is not None and until_ms > end_ms:
+        if self._overflowed:  # the refused audio is a gap after the buffer: what the buffer still holds goes too
+            self._buffer.clear()
+            self._buffer_start_ms = round(self._written_ms)
+            self._overflowed = False
+        elif until_ms is not None and until_ms > end_ms:
             self._buffer.drop(round((until_ms - end_ms) * INPUT_RATE / 1000))
             self._buffer_start_ms = until_ms
         if len(clip) < INPUT_RATE * MIN_COMMIT_MS // 1000:
@@ -261,6 +271,7 @@ class Session(SpeculativeTurns, ResponseContexts):
     def clear_buffer(self) -> None:
         self.handle.drop()
         self._buffer.clear()
+        self._overflowed = False
         self._buffer_start_ms = round(self._written_ms)
         self._speech = None
         if self._vad is not None:

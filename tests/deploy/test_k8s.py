@@ -152,6 +152,9 @@ def test_env_is_settings_and_the_placeholder_secret_refuses_to_start(monkeypatch
     settings = settings_from(env_with_secret(deployment, secret), monkeypatch)
     assert settings.api_keys == ["key-one", "key-two"] and settings.secret_key == secret["stringData"]["secret-key"]
     assert settings.max_sessions == int(plain_env(deployment)["LFM_AUDIO_MAX_SESSIONS"])
+    # the pod annotations' scrape sends no key: with keys configured, /metrics must be opened for it
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert settings.metrics_public is True
 
 
 def test_shutdown_timing_covers_the_longest_response():

@@ -38,9 +38,12 @@ from tests.server.harness import ServerProcess, free_port
 pytestmark = pytest.mark.slow
 
 
+KEY = "sk-prometheus-0123456789"  # the server's API key: the shipped config scrapes with a bearer token
+
+
 class PrometheusProcess:
     """/usr/bin/prometheus on a free loopback port with a temporary data dir, scraping `target` every second
-    with the example config's job and rules."""
+    with the example config's job, rules and bearer token (its key file, here next to the config as shipped)."""
 
     def __init__(self, tmp: Path, target: str) -> None:
         self.port = free_port()
@@ -51,6 +54,7 @@ class PrometheusProcess:
         config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
         self.config = tmp / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
+        (tmp / config["scrape_configs"][0]["authorization"]["credentials_file"]).write_text(KEY + "\n")
         self.log_path = tmp / "prometheus.log"
         self.cmd = [tool("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={tmp / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}"]
@@ -112,7 +116,8 @@ class PrometheusProcess:
 
 
 async def text_turn(server: ServerProcess) -> None:
-    async with websockets.connect(server.ws + "/realtime?model=lfm-audio", max_size=None, open_timeout=30) as ws:
+    async with websockets.connect(server.ws + "/realtime?model=lfm-audio", max_size=None, open_timeout=30,
+                                  additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
 
         async def until(kind: str) -> dict:
             while True:
@@ -134,7 +139,9 @@ def prom(tiny_dir, tmp_path_factory):
     """Server and Prometheus, after one turn has been scraped. Both stop whatever happens."""
     tmp = tmp_path_factory.mktemp("prometheus")
     t0 = time.monotonic()
-    with ServerProcess(tiny_dir, tmp) as server, PrometheusProcess(tmp, f"127.0.0.1:{server.port}") as prom:
+    with (ServerProcess(tiny_dir, tmp, env={"LFM_AUDIO_API_KEYS": KEY}) as server,
+          PrometheusProcess(tmp, f"127.0.0.1:{server.port}") as prom):
+        assert httpx.get(server.base + "/metrics", timeout=5).status_code == 401  # keyed: only the scrape's token
         # A scrape before the turn, so that the turn is an increase that rate() sees.
         prom.wait(lambda: prom.value(f'up{{job="{JOB}"}} == 1'), 30, "scraping the server")
         asyncio.run(text_turn(server))

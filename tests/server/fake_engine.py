@@ -44,7 +44,7 @@ class Served:
     state: AppState
 
     def metric(self, name: str, **labels: str) -> float:
-        families = text_string_to_metric_families(self.client.get("/metrics").text)
+        families = text_string_to_metric_families(self.client.get("/metrics", headers=AUTH).text)
         return sum(s.value for f in families for s in f.samples
                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 

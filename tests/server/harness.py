@@ -74,5 +74,13 @@ class ServerProcess:
                     out.append(record)
         return out
 
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of the server's first API key (none: an open server)."""
+        keys = self.env.get("LFM_AUDIO_API_KEYS") or next(
+            (value for flag, value in zip(self.cmd, self.cmd[1:], strict=False) if flag == "--api-keys"), "")
+        return {"Authorization": "Bearer " + keys.split(",")[0].strip()} if keys else {}
+
     def metrics(self) -> str:
-        return httpx.get(self.base + "/metrics", timeout=5).text
+        reply = httpx.get(self.base + "/metrics", timeout=5, headers=self.auth(), verify=self.verify)
+        reply.raise_for_status()
+        return reply.text

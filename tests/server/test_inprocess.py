@@ -44,7 +44,7 @@ def _until(ws, kind: str, events: list[dict], limit: int = 2000) -> dict:
 
 
 def _metric(client, name: str, **labels: str) -> float:
-    families = text_string_to_metric_families(client.get("/metrics").text)
+    families = text_string_to_metric_families(client.get("/metrics", headers=AUTH).text)
     return sum(s.value for f in families for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
@@ -102,7 +102,7 @@ def test_refusals_and_rest_errors_carry_one_error_body(client):
 
 
 def test_metrics(client):
-    r = client.get("/metrics")
+    r = client.get("/metrics", headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(r.text)}
     assert {"lfm_audio_sessions", "lfm_audio_sessions_active", "lfm_audio_event_loop_lag_seconds"} <= names
