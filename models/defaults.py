@@ -36,6 +36,7 @@ __all__ = [
     "TRANSCRIPTION_TOKENS",
     "TTS_AUDIO_SAMPLING",
     "TTS_VOICES",
+    "WEBRTC_PEER_TIMEOUT_S",
     "WEIGHTS",
     "WIRE_RATE",
     "SamplingParams",
@@ -100,6 +101,7 @@ MAX_SESSIONS = 8  # engine slots
 MAX_CONTEXT = 4096  # positions per slot
 PREFILL_BUDGET = 256  # prefill positions per engine iteration
 MAX_INPUT_BUFFER_S = 60.0  # uncommitted input audio per session
+WEBRTC_PEER_TIMEOUT_S = 15.0  # a WebRTC call not connected by then, or whose audio stopped that long, is closed
 
 # ---- client secrets: OpenAI's bounds for expires_after.seconds, and our default lifetime
 MIN_TTL_S, MAX_TTL_S = 10, 7200
