@@ -34,13 +34,14 @@ def markdown(doc: dict) -> str:
             f"{t['rejections']} | {t['unexpected_events']} | {t['underruns']} | {t['slots_left_used']} | "
             f"{t['server_tracebacks']} |", "",
             "| figure | first | last | peak | slope after warm-up, per minute | tolerance per minute | samples | "
-            "holds |", "|---|---|---|---|---|---|---|---|"]
+            "holds | slope per quarter of the run, per minute |", "|---|---|---|---|---|---|---|---|---|"]
     for m, v in doc["trend"].items():
         digits = 1 if m == "rss_mb" else 0
         unit = f" {UNITS[m]}" if UNITS[m] else ""
         out.append(f"| {NAMES[m]} | {_n(v['first'], digits)}{unit} | {_n(v['last'], digits)}{unit} | "
                    f"{_n(v['peak'], digits)}{unit} | {_n(v['slope_per_min'], 3)}{unit} | "
-                   f"{v['tolerance_per_min']}{unit} | {v['samples']} | {'yes' if v['holds'] else 'no'} |")
+                   f"{v['tolerance_per_min']}{unit} | {v['samples']} | {'yes' if v['holds'] else 'no'} | "
+                   f"{', '.join(_n(q, 2) for q in v.get('quarter_slopes_per_min', []))} |")
     idle = doc["idle"]
     if idle:
         after = [i for i in idle if i["t"] >= cfg["warmup_fraction"] * doc["wall_s"]] or idle
