@@ -180,10 +180,15 @@ async def _offer(request: Request) -> tuple[str, dict | None]:
     return parts["sdp"], session
 
 
-def _check_bundle(sdp: str) -> None:
-    """aiortc moves every bundled section onto the first one's transport; a group naming a section the offer
-    does not have leaves them with none (its connect task and close() then fail), so refuse such an offer."""
+def _check_offer(sdp: str) -> None:
+    """What aiortc accepts in an offer but then fails on: a BUNDLE group naming a section the offer does not have
+    (aiortc moves the bundled sections onto the first one's transport, leaving them none: its connect task and
+    close() fail), and a media section with no direction (creating the answer fails)."""
     offer = SessionDescription.parse(sdp)
+    for media in offer.media:
+        if media.kind != "application" and media.direction is None:
+            raise BadOffer(f"the offer's {media.kind} section has no direction (a=sendrecv, a=sendonly, "
+                           "a=recvonly or a=inactive)")
     mids = {media.rtp.muxId for media in offer.media}
     for group in offer.group:
         if group.semantic == "BUNDLE" and not set(group.items) <= mids:
@@ -231,7 +236,7 @@ async def calls(request: Request, state: State, authorization: Annotated[str | N
     transceiver.setCodecPreferences(OPUS)
     call = Call(call_id, conn, pc, track, outbox, state.settings.webrtc_peer_timeout_s)
     try:
-        _check_bundle(sdp)
+        _check_offer(sdp)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if transceiver.mid is None:
             raise BadOffer("the offer has no audio m-line")
@@ -249,7 +254,12 @@ async def calls(request: Request, state: State, authorization: Annotated[str | N
         await call.close("refused")
         raise
     try:
-        await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate first
+        answer = await pc.createAnswer()
+    except Exception as e:  # what the offer asked for cannot be answered
+        await call.close("bad offer")
+        raise BadOffer(f"the offer could not be answered ({type(e).__name__}: {e})") from None
+    try:
+        await pc.setLocalDescription(answer)  # gathers every candidate first
     except BaseException:
         await call.close("answer failed")
         raise

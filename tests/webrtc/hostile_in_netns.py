@@ -8,6 +8,8 @@ gauge back to baseline, and a session alongside unaffected.
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import re
 import socket
 import time
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.slow
 # (30x less), and each timeout case then takes a few seconds instead of the default's 15.
 PEER_TIMEOUT_S = 3.0
 FREED_WITHIN_S = PEER_TIMEOUT_S + 2.0  # the watchdog wakes within the timeout; closing the peer takes < 1 s more
+MUTANTS = 24  # offer mutants per run (of 96)
 SESSION = {"type": "realtime", "max_output_tokens": 40, "audio": {"input": {"turn_detection": TURN}}}
 
 
@@ -44,8 +47,9 @@ def _client_candidates(monkeypatch):
 
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
+    # 16 slots: about half of the offer mutants are answered, and each holds a slot until the timeout frees it
     with ServerProcess(tiny_dir, tmp_path_factory.mktemp("srv"),
-                       args=[*LOOPBACK, "--webrtc-peer-timeout-s", str(PEER_TIMEOUT_S)]) as srv:
+                       args=[*LOOPBACK, "--webrtc-peer-timeout-s", str(PEER_TIMEOUT_S), "--max-sessions", "16"]) as srv:
         yield srv
 
 
@@ -89,6 +93,15 @@ async def post(server, body: bytes | str, kind: str = "application/sdp") -> http
         return await http.post(server.base + "/v1/realtime/calls", content=body, headers={"Content-Type": kind})
 
 
+async def post_when_admitted(server, body: str) -> httpx.Response:
+    """POST an offer; while the server is full (the answered mutants hold the slots until they time out), retry
+    until a slot is freed, so that every offer gets as far as the server takes it."""
+    deadline = time.monotonic() + FREED_WITHIN_S
+    while (r := await post(server, body)).status_code == 503 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return r
+
+
 def without(sdp: str, *prefixes: str) -> str:
     return "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith(prefixes))
 
@@ -108,6 +121,11 @@ async def test_malformed_offers_get_a_clear_error(server, peers):
         "oversized": sdp + "a=x-padding:" + "y" * 200_000 + "\r\n",
         "no media": without(sdp, "m=", "a=", "c="),
         "garbage audio port": re.sub(r"^m=audio \d+", "m=audio x", sdp, count=1, flags=re.M),
+        # aiortc takes these, then fails in its connect task and close() (was a 500 and a task traceback)
+        "BUNDLE names a section with no mid": without(sdp, "a=mid:0"),
+        "BUNDLE names a dropped section": without(sdp, "m=application"),
+        # aiortc takes this, then fails to create the answer (was a 500)
+        "audio with no direction": without(sdp, "a=sendrecv"),
     }
     for name, body in clear.items():
         r = await post(server, body)
@@ -120,21 +138,25 @@ async def test_malformed_offers_get_a_clear_error(server, peers):
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_offer", r.text
     assert used(server) == 0
 
-    # Every line of a real offer dropped, then every line's value garbled: refused with the error shape, or
-    # answered (a 201 whose peer never connects) or server_full once those hold every slot. Never a 5xx.
+    # Lines of a real offer dropped or their values garbled: refused with the error shape, or answered (a 201
+    # whose peer never connects: the timeout frees its slot). Never a 5xx. Answered ones hold a slot for the
+    # timeout, so a run takes a seeded sample (SDP_MUTANTS=all for every one: 96, about a minute here).
     lines = sdp.splitlines(keepends=True)
     mutants = ["".join(lines[:i] + lines[i + 1:]) for i in range(len(lines))]
     mutants += ["".join([*lines[:i], line.split(":", 1)[0] + ":\x00%\xff garbled\r\n", *lines[i + 1:]])
                 for i, line in enumerate(lines)]
+    count = os.environ.get("SDP_MUTANTS", str(MUTANTS))
+    if count != "all":
+        mutants = random.Random(int(os.environ.get("SDP_MUTANTS_SEED", "0"))).sample(mutants, int(count))
     codes: dict[int, int] = {}
     t0 = time.monotonic()
     for body in mutants:
-        r = await post(server, body)
+        r = await post_when_admitted(server, body)
         codes[r.status_code] = codes.get(r.status_code, 0) + 1
-        assert r.status_code in (201, 400, 503), (r.status_code, r.text[:300], body)
-        if r.status_code != 201:
-            assert r.json()["error"]["code"] in ("invalid_offer", "server_full"), r.text
-    assert codes.get(400, 0) > len(lines) // 2, codes  # most mutants are refused outright
+        assert r.status_code in (201, 400), (r.status_code, r.text[:300], body)
+        if r.status_code == 400:
+            assert r.json()["error"]["code"] == "invalid_offer" and r.json()["error"]["message"], r.text
+    assert codes.get(400, 0) >= len(mutants) // 4, codes  # many are refused outright (40 of the 96)
     # the answered ones never connect: the watchdog frees their slots
     assert await wait_used(server, 0, within=FREED_WITHIN_S + (time.monotonic() - t0)) >= 0
     assert webrtc_active(server) == 0
