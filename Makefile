@@ -46,3 +46,11 @@ loadtest-full: $(STAMP)
 	$(BIN)/python -c "from pathlib import Path; from bench.harness import checkpoint; checkpoint('full', Path('bench/out'))"
 	$(BIN)/python -m loadtests sweep --users $(LOADTEST_FULL_USERS) --keep-going --out docs/loadtests/full-bf16 \
 		--server-arg=--model --server-arg=bench/out/ckpt-full --server-arg=--dtype --server-arg=bfloat16
+
+# The committed soak report (docs/soak: soak.json, soak.md): SOAK_MINUTES of sessions and turns against one server,
+# its RSS, open file descriptors and threads sampled and their trend judged (loadtests/soak.py). Not in `make test`
+# (tests/loadtests/test_soak.py runs a 2-minute version there).
+SOAK_MINUTES ?= 20
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m loadtests soak --minutes $(SOAK_MINUTES) --out docs/soak

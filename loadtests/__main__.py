@@ -1,4 +1,4 @@
-"""python -m loadtests run | sweep | report: see README.md."""
+"""python -m loadtests run | sweep | report | soak: see README.md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from loadtests import soak
 from loadtests.links import check_loopback
 from loadtests.scenario import MAX_USERS, Scenario, Thresholds
 
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder (default: the JSON's)")
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_report)
+    soak.add_parser(sub)
     a = parser.parse_args(argv)
     try:
         if getattr(a, "url", None):

@@ -39,6 +39,7 @@ __all__ = [
     "TRANSCRIPTION_TOKENS",
     "TTS_AUDIO_SAMPLING",
     "TTS_VOICES",
+    "WEBRTC_PEER_TIMEOUT_S",
     "WEIGHTS",
     "WIRE_RATE",
     "SamplingParams",
@@ -103,6 +104,7 @@ MAX_SESSIONS = 8  # engine slots
 MAX_CONTEXT = 4096  # positions per slot
 PREFILL_BUDGET = 256  # prefill positions per engine iteration
 MAX_INPUT_BUFFER_S = 60.0  # uncommitted input audio per session
+WEBRTC_PEER_TIMEOUT_S = 15.0  # a WebRTC call not connected by then, or whose audio stopped that long, is closed
 
 # ---- speculative start (streaming/speculation.py): the response is prepared while the turn's end is judged
 SPECULATIVE_START = True  # the server's default (measured in docs/loadtests/turn-taking.md)

@@ -12,12 +12,14 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
+from aiortc.sdp import SessionDescription
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from starlette.datastructures import UploadFile
 
@@ -35,7 +37,6 @@ __all__ = ["Call", "router", "use_host_addresses"]
 router = APIRouter()
 log = logging.getLogger("lfm_audio.webrtc")
 CHANNEL = "oai-events"
-CONNECT_TIMEOUT_S = 15.0  # an answered call that never connects gives its slot back
 MAX_OFFER_BYTES = 100_000
 OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 
@@ -50,8 +51,10 @@ class Call:
     and closes everything once (the session's slot first)."""
 
     def __init__(self, call_id: str, conn: Connection, pc: RTCPeerConnection, track: SpeechTrack,
-                 outbox: Outbox) -> None:
+                 outbox: Outbox, peer_timeout_s: float) -> None:
         self.id, self.conn, self.pc, self.track, self.outbox = call_id, conn, pc, track, outbox
+        self.peer_timeout_s = peer_timeout_s
+        self.heard_at: float | None = None  # monotonic time of the peer's last audio frame
         self.channel = None
         self.reader: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -75,6 +78,7 @@ class Call:
             self.reader = self.spawn(read_audio(track, self._append))
 
     def _append(self, pcm16: bytes) -> None:
+        self.heard_at = time.monotonic()
         if not self.closed and self.conn.session is not None:
             self.conn.session.append_audio(pcm16)
 
@@ -113,9 +117,20 @@ class Call:
             await self.close(f"connection {state}")
 
     async def watch(self) -> None:
-        await asyncio.sleep(CONNECT_TIMEOUT_S)
+        """Gives the slot back when the peer is gone without saying so: the call is not connected (ICE, DTLS
+        and the event channel) within the timeout, or its audio stops for that long. A browser's track sends
+        frames (silence when muted) for as long as it is live, so only a vanished or stalled peer goes quiet;
+        a peer that never sent audio (events only) is not timed out here (ICE consent expiry still ends it)."""
+        await asyncio.sleep(self.peer_timeout_s)
         if self.pc.connectionState != "connected" or self.channel is None:
             await self.close("never connected")
+            return
+        while not self.closed:
+            quiet = 0.0 if self.heard_at is None else time.monotonic() - self.heard_at
+            if quiet >= self.peer_timeout_s:
+                await self.close("peer stopped sending audio")
+                return
+            await asyncio.sleep(self.peer_timeout_s - quiet if self.heard_at is not None else self.peer_timeout_s / 4)
 
     async def close(self, reason: str) -> None:
         if self.closed:
@@ -127,7 +142,10 @@ class Call:
         for task in list(self.tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception as e:  # aiortc's own state after an odd offer: the slot is already free
+            log.warning("%s closing the peer connection failed: %s: %s", self.id, type(e).__name__, e)
 
 
 async def _offer(request: Request) -> tuple[str, dict | None]:
@@ -160,6 +178,22 @@ async def _offer(request: Request) -> tuple[str, dict | None]:
         if not isinstance(session, dict):
             raise BadOffer("the `session` part must be a JSON object")
     return parts["sdp"], session
+
+
+def _check_offer(sdp: str) -> None:
+    """What aiortc accepts in an offer but then fails on: a BUNDLE group naming a section the offer does not have
+    (aiortc moves the bundled sections onto the first one's transport, leaving them none: its connect task and
+    close() fail), and a media section with no direction (creating the answer fails)."""
+    offer = SessionDescription.parse(sdp)
+    for media in offer.media:
+        if media.kind != "application" and media.direction is None:
+            raise BadOffer(f"the offer's {media.kind} section has no direction (a=sendrecv, a=sendonly, "
+                           "a=recvonly or a=inactive)")
+    mids = {media.rtp.muxId for media in offer.media}
+    for group in offer.group:
+        if group.semantic == "BUNDLE" and not set(group.items) <= mids:
+            raise BadOffer(f"the offer's BUNDLE group names media sections it does not have: "
+                           f"{sorted(set(group.items) - mids)}")
 
 
 def use_host_addresses(addresses: Sequence[str]) -> Callable[[], None]:
@@ -200,8 +234,9 @@ async def calls(request: Request, state: State, authorization: Annotated[str | N
     pc = _peer(state.settings)
     transceiver = pc.addTransceiver(track, direction="sendrecv")
     transceiver.setCodecPreferences(OPUS)
-    call = Call(call_id, conn, pc, track, outbox)
+    call = Call(call_id, conn, pc, track, outbox, state.settings.webrtc_peer_timeout_s)
     try:
+        _check_offer(sdp)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if transceiver.mid is None:
             raise BadOffer("the offer has no audio m-line")
@@ -219,7 +254,12 @@ async def calls(request: Request, state: State, authorization: Annotated[str | N
         await call.close("refused")
         raise
     try:
-        await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate first
+        answer = await pc.createAnswer()
+    except Exception as e:  # what the offer asked for cannot be answered
+        await call.close("bad offer")
+        raise BadOffer(f"the offer could not be answered ({type(e).__name__}: {e})") from None
+    try:
+        await pc.setLocalDescription(answer)  # gathers every candidate first
     except BaseException:
         await call.close("answer failed")
         raise

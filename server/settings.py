@@ -25,6 +25,7 @@ from models.defaults import (
     PREFILL_BUDGET,
     SPECULATION_PAD_MS,
     SPECULATIVE_START,
+    WEBRTC_PEER_TIMEOUT_S,
     WEIGHTS,
 )
 
@@ -102,6 +103,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="WebRTC host candidate addresses, comma-separated or a JSON list (empty: every interface "
                     "address but loopback, as aioice picks them; 127.0.0.1 for loopback-only tests)")
+    webrtc_peer_timeout_s: float = Field(
+        WEBRTC_PEER_TIMEOUT_S, gt=0,
+        description="seconds an answered WebRTC call may take to connect (ICE, DTLS, the data channel), and a "
+                    "connected peer's audio may stop, before the call is closed and its slot freed")
     max_input_buffer_s: float = Field(MAX_INPUT_BUFFER_S, gt=0,
                                       description="most uncommitted input audio per session, seconds")
     max_event_bytes: int = Field(1_000_000, ge=1, description="largest client event accepted, bytes")

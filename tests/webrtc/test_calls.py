@@ -1,7 +1,7 @@
 """WebRTC calls end to end. They must run in a private network namespace with only `lo` (so that no packet
-leaves 127.0.0.1 and no ICE candidate is an outside address): this test runs calls_in_netns.py there, with
-`unshare -n` (or `unshare -rn` without root), and passes when that run passes. Inside such a namespace
-already, it runs the file directly."""
+leaves 127.0.0.1 and no ICE candidate is an outside address): this test runs calls_in_netns.py (calls that work)
+and hostile_in_netns.py (peers that misbehave) there, with `unshare -n` (or `unshare -rn` without root), and
+passes when that run passes. Inside such a namespace already, it runs the file directly."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-INNER = Path(__file__).with_name("calls_in_netns.py")
+INNER = ["calls_in_netns.py", "hostile_in_netns.py"]
 pytestmark = pytest.mark.slow
 
 
-def test_calls_in_a_private_network_namespace():
-    pytest_cmd = [sys.executable, "-m", "pytest", str(INNER.relative_to(ROOT)), "-q", "-p", "no:cacheprovider"]
+@pytest.mark.parametrize("inner", INNER)
+def test_calls_in_a_private_network_namespace(inner):
+    path = Path(__file__).with_name(inner).relative_to(ROOT)
+    pytest_cmd = [sys.executable, "-m", "pytest", str(path), "-q", "-p", "no:cacheprovider", "--durations=0"]
     if [name for _, name in socket.if_nameindex()] == ["lo"]:
         cmd = pytest_cmd
     else:
