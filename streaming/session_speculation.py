@@ -48,8 +48,13 @@ class SpeculativeTurns:
 
     def _confirm(self, item_id: str, r: Response, audio_ms: int, end_ms: int, speech_end: float) -> None:
         """The turn ended as speculated: it is committed, and its response goes out as prepared."""
-        self._buffer.drop(max(0, round((end_ms - self._buffer_start_ms) * INPUT_RATE / 1000)))
-        self._buffer_start_ms = end_ms  # the clip, and the rest of the silence
+        if self._overflowed:  # as in _commit_range: after refused audio, what the buffer still holds goes too
+            self._buffer.clear()
+            self._buffer_start_ms = round(self._written_ms)
+            self._overflowed = False
+        else:
+            self._buffer.drop(max(0, round((end_ms - self._buffer_start_ms) * INPUT_RATE / 1000)))
+            self._buffer_start_ms = end_ms  # the clip, and the rest of the silence
         item = ConvItem(item_id, "user", [Part("input_audio", transcript=None, audio_ms=audio_ms)])
         previous = self.previous_item_id()
         self.handle.confirm(item, r.item)
