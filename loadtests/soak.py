@@ -188,7 +188,8 @@ def markdown(doc: dict) -> str:
 def write(doc: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "soak.json", out / "soak.md"]
-    paths[0].write_text(json.dumps(doc, indent=1) + "\n")
+    # one line per top-level key: a 40-minute soak's samples would otherwise be thousands of lines
+    paths[0].write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) + "\n}\n")
     paths[1].write_text(markdown(doc))
     return paths
 

@@ -198,7 +198,7 @@ async def test_a_peer_that_never_completes_ice(server, peers, say):
 
 
 async def bystander_turn(c: Client) -> dict:
-    """A spoken turn: the session alongside still answers, with no error."""
+    """A spoken turn, answered with no error: the session alongside is unaffected."""
     first = len(c.events)
     c.mic.say(np.concatenate([silence(0.2), c.speech, silence(0.8)]))
     done = await c.until(lambda e: e["type"] == "response.done", 60, first)
