@@ -63,18 +63,32 @@ class SoakConfig:
 
 
 def sample(pid: int) -> dict:
-    """RSS (MB), open file descriptors and threads of process `pid` (psutil when it is installed, else /proc)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        p = psutil.Process(pid)
-        return {"rss_mb": p.memory_info().rss / 2**20, "fds": p.num_fds(), "threads": p.num_threads()}
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "threads": int(fields["Threads"])}
+    """RSS (MB), open file descriptors and threads of process `pid` and its children together (from /proc): the
+    server runs the model in a child process (streaming/worker.py), whose growth counts as much as its own."""
+    rss_kb = fds = threads = 0
+    for p in _tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            fd_count = len(os.listdir(f"/proc/{p}/fd"))
+        except (FileNotFoundError, ProcessLookupError):  # exited between the listing and the read
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        rss_kb += int(fields["VmRSS"].split()[0])
+        fds += fd_count
+        threads += int(fields["Threads"])
+    return {"rss_mb": rss_kb / 1024, "fds": fds, "threads": threads}
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError):
+                todo += [int(c) for c in task.read_text().split()]
+    return out
 
 
 def trend(times_s: list[float], values: list[float]) -> float | None:

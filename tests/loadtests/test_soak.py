@@ -60,6 +60,21 @@ def test_sample_sees_this_process():
     assert during["fds"] == before["fds"] + 1 and during["threads"] == before["threads"] + 1
 
 
+def test_sample_counts_the_children_too():
+    """The server's model runs in a child process: its memory and threads are the server's."""
+    before = sample(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; x = bytearray(64 << 20); sys.stdout.write('.'); "
+                              "sys.stdout.flush(); time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.read(1)  # its 64 MB are touched
+        during = sample(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert during["rss_mb"] - before["rss_mb"] > 60 and during["threads"] > before["threads"]
+
+
 @pytest.mark.slow
 def test_two_minute_soak(tmp_path):
     out = tmp_path / "soak"
