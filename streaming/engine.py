@@ -60,6 +60,7 @@ class EngineConfig:
 CALIBRATION_WEIGHT = 20  # each calibrated batch counts as this many steps: forgotten after a few hundred real ones
 # Steps served alongside the event loop (the GIL, the clients' audio) are slower than steps timed alone: measured
 # 2.4x on 2 cores with 32 load-test users on the same machine (50 ms at 18 rows served, 21 ms at 16 calibrated).
+# A runner in its own process (streaming/worker.py) declares its own factor.
 SERVING_OVERHEAD = 2.0
 STATS_KEPT = 10_000  # samples kept between two drains (a server nobody scrapes must not grow)
 
@@ -172,9 +173,10 @@ class Engine:
             return
         n = self.config.max_sessions
         measured = self.runner.calibrate(sorted({1, max(1, n // 2), n}))
+        overhead = getattr(self.runner, "serving_overhead", SERVING_OVERHEAD)
         for batch, seconds in measured:
             for _ in range(CALIBRATION_WEIGHT):
-                self.scheduler.observe_step(batch, seconds * SERVING_OVERHEAD)
+                self.scheduler.observe_step(batch, seconds * overhead)
         h = self.scheduler.headroom
         fits = max((k for k in range(1, n + 1) if h.admits(k)), default=0)
         log.info("decode steps: %s; real time allows %.0f ms per step: admits up to %d of %d sessions now",
