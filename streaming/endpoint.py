@@ -322,7 +322,7 @@ class SemanticTurnDetector:
         return self._audio[max(0, a):max(0, b)]
 
     def _on_inner(self, ev: TurnEvent, events: list) -> None:
-        if isinstance(ev, SpeechPaused | SpeechResumed):  # within the inner turn: the same turn here
+        if isinstance(ev, SpeechPaused | SpeechResumed):  # within the inner turn, the same turn here
             if self.speaking and isinstance(ev, SpeechPaused) != self._paused:
                 self._paused = isinstance(ev, SpeechPaused)
                 events.append(ev)

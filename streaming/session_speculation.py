@@ -30,7 +30,7 @@ class SpeculativeTurns:
         return min(stop_ms, speech_end_ms + SPECULATION_PAD_MS) if self.speculative else stop_ms
 
     def _speculate(self, ev: SpeechPaused) -> None:
-        """Silence began within a turn: the engine prepares the answer to the turn so far, held until the commit."""
+        """Silence began within a turn, so the engine prepares the answer to the turn so far, held until the commit."""
         td = self.config.turn_detection
         if (self._speech is None or not self.speculative or not td.create_response or self.config.kind != "realtime"
                 or self.response is not None or self._next_response is not None):

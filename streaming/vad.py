@@ -62,7 +62,7 @@ class SpeechStopped:
 
 @dataclass(frozen=True)
 class SpeechPaused:
-    """Silence has lasted `pause_ms` (or the whole silence window, if that is shorter) within a turn: where a
+    """Silence has lasted `pause_ms` (or the whole silence window, if that is shorter) within a turn, where a
     speculative start begins (streaming/speculation.py). The turn is not over: a SpeechResumed or a SpeechStopped
     follows."""
 
