@@ -11,17 +11,23 @@ import asyncio
 import os
 import random
 import re
-import socket
 import time
 
-import aioice.ice
 import httpx
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tests.server.harness import ServerProcess
-from tests.webrtc.calls_in_netns import LOOPBACK, TURN, silence, used, wait_used
+from tests.webrtc.calls_in_netns import (  # noqa: F401 (its two netns fixtures apply here too)
+    LOOPBACK,
+    TURN,
+    _client_candidates,
+    _lo_only,
+    silence,
+    used,
+    wait_used,
+)
 from tests.webrtc.client import Client
 
 pytestmark = pytest.mark.slow
@@ -31,18 +37,6 @@ PEER_TIMEOUT_S = 3.0
 FREED_WITHIN_S = PEER_TIMEOUT_S + 2.0  # the watchdog wakes within the timeout; closing the peer takes < 1 s more
 MUTANTS = 24  # offer mutants per run (of 82: two per line of a loopback-only offer)
 SESSION = {"type": "realtime", "max_output_tokens": 40, "audio": {"input": {"turn_detection": TURN}}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _lo_only():
-    names = [name for _, name in socket.if_nameindex()]
-    if names != ["lo"]:
-        pytest.fail(f"run through test_calls.py: this file needs a network namespace with only lo, not {names}")
-
-
-@pytest.fixture(autouse=True)
-def _client_candidates(monkeypatch):
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
